@@ -1,0 +1,1 @@
+"""Host-side evaluation: classification metrics, plots and tables (numpy/matplotlib/rich, no JAX)."""

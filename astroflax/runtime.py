@@ -1,0 +1,33 @@
+"""Process-wide JAX settings applied once at start-up (side effects live here, at the edge)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+_DONE = False
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("ASTROFLAX_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "astroflax" if "ASTROFLAX_CACHE_DIR" not in os.environ else Path(base)
+
+
+def enable_compile_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache so a second run skips most compile time.
+
+    Set ``ASTROFLAX_NO_COMPILE_CACHE=1`` to disable it.
+    """
+    global _DONE
+    if os.environ.get("ASTROFLAX_NO_COMPILE_CACHE"):
+        return None
+    path = cache_dir() / "jax-compile"
+    if not _DONE:
+        path.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        _DONE = True
+    return path

@@ -1,0 +1,36 @@
+"""The task registry: each task module registers itself here, in one place."""
+
+from __future__ import annotations
+
+from astroflax.errors import ConfigError
+from astroflax.tasks.base import Dataset, Task
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    if task.name in _REGISTRY:
+        raise ValueError(f"task {task.name!r} registered twice")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def _load_builtin() -> None:
+    # Imported lazily so that `astroflax --help` stays fast.
+    from astroflax.tasks import transients  # noqa: F401
+
+
+def all_tasks() -> dict[str, Task]:
+    if not _REGISTRY:
+        _load_builtin()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_task(name: str) -> Task:
+    tasks = all_tasks()
+    if name not in tasks:
+        raise ConfigError(f"unknown task {name!r}; available: {', '.join(tasks)}")
+    return tasks[name]
+
+
+__all__ = ["Dataset", "Task", "all_tasks", "get_task", "register"]

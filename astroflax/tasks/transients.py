@@ -1,0 +1,236 @@
+"""``transients``: classify PLAsTiCC-like multi-band light curves into 14 classes.
+
+Data: the PLAsTiCC training set bundled with the package (or the user's own tables via
+``data.path``); model: :class:`~astroflax.models.lightcurve.TransientClassifier`; loss:
+class-weighted softmax cross-entropy (PLAsTiCC's metric weights classes equally, so the loss
+does too by default); metrics: accuracy, flat-weighted log-loss, SN Ia one-vs-rest AUC.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from pydantic import BaseModel, ConfigDict, Field
+
+from astroflax.data import lightcurves as lc
+from astroflax.data.splits import stratified_split
+from astroflax.errors import ConfigError
+from astroflax.evaluate import classification as clf
+from astroflax.models.lightcurve import TransientClassifier
+from astroflax.tasks import register
+from astroflax.tasks.base import Dataset, Task
+
+MODEL_INPUTS = ("time", "flux", "flux_err", "band", "mask", "meta")
+POSITIVE_CLASS_ID = 90  # SN Ia
+
+
+class TransientsData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, description="directory with lightcurves + metadata tables; null = bundled PLAsTiCC")
+    max_len: int = Field(256, ge=8, le=4096, description="observations kept per object (cut around the peak)")
+    use_metadata: bool = Field(True, description="feed host photo-z, its error, MW E(B-V) and flux scale to the head")
+    class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weight per class")
+    split_seed: int = Field(20181001, description="seed of the stratified split for user data")
+
+
+class TransientsModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    d_model: int = Field(64, ge=8, description="width of the transformer")
+    num_heads: int = Field(4, ge=1, description="attention heads")
+    num_layers: int = Field(2, ge=1, description="transformer encoder layers")
+    mlp_ratio: int = Field(2, ge=1, description="MLP width as a multiple of d_model")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout rate")
+
+
+def _class_names_and_ids(lcs: lc.LightCurveSet) -> list[str]:
+    return list(lcs.class_names)
+
+
+def _to_arrays(lcs: lc.LightCurveSet, max_len: int, use_meta: bool, meta_mean=None, meta_std=None) -> dict:
+    padded = lc.pad_lightcurves(lcs, max_len)
+    meta = padded["meta"].astype(np.float32)
+    if meta_mean is not None:
+        meta = (meta - np.asarray(meta_mean, np.float32)) / np.asarray(meta_std, np.float32)
+    arrays = {k: padded[k] for k in ("time", "flux", "flux_err", "band", "mask")}
+    arrays["meta"] = meta if use_meta else np.zeros((len(meta), 0), np.float32)
+    arrays["label"] = padded["label"].astype(np.int32)
+    arrays["object_id"] = padded["object_id"].astype(np.int64)
+    return arrays
+
+
+def _take(arrays: dict, idx: np.ndarray) -> dict:
+    return {k: v[idx] for k, v in arrays.items()}
+
+
+def load_data(cfg) -> Dataset:
+    dcfg = TransientsData.model_validate(cfg.data)
+    if dcfg.path:
+        lcs = lc.load_user_lightcurves(dcfg.path)
+        if np.any(lcs.labels < 0):
+            raise ConfigError(f"data.path = {dcfg.path!r}: training needs a 'target' column for every object")
+        parts = (
+            lc.split_indices(lcs) if lcs.split is not None else stratified_split(lcs.labels, 0.1, 0.2, dcfg.split_seed)
+        )
+    else:
+        lcs = lc.load_bundled_plasticc()
+        parts = lc.split_indices(lcs)
+    raw = _to_arrays(lcs, dcfg.max_len, use_meta=True)
+    train_meta = raw["meta"][parts["train"]]
+    meta_mean = train_meta.mean(axis=0)
+    meta_std = train_meta.std(axis=0) + 1e-6
+    arrays = _to_arrays(lcs, dcfg.max_len, dcfg.use_metadata, meta_mean, meta_std)
+    splits = {name: _take(arrays, idx) for name, idx in parts.items()}
+    num_classes = len(lcs.class_names)
+    counts = np.bincount(splits["train"]["label"], minlength=num_classes).astype(np.float64)
+    if dcfg.class_weighting == "balanced":
+        weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    else:
+        weights = np.ones(num_classes)
+    for split in splits.values():
+        split["sample_weight"] = weights[split["label"]].astype(np.float32)
+    info = {
+        "class_names": list(lcs.class_names),
+        "num_classes": num_classes,
+        "meta_dim": int(arrays["meta"].shape[1]),
+        "meta_names": list(getattr(lcs, "meta_names", [])) if dcfg.use_metadata else [],
+        "meta_mean": meta_mean.tolist(),
+        "meta_std": meta_std.tolist(),
+        "max_len": dcfg.max_len,
+        "class_weights": weights.tolist(),
+        "split_sizes": {k: int(len(v["label"])) for k, v in splits.items()},
+        "class_counts": {k: np.bincount(v["label"], minlength=num_classes).tolist() for k, v in splits.items()},
+        "positive_class": _positive_name(list(lcs.class_names)),
+    }
+    return Dataset(splits=splits, info=info, version=f"{lcs.version}-L{dcfg.max_len}-m{int(dcfg.use_metadata)}")
+
+
+def _positive_name(class_names: list[str]) -> str | None:
+    name = lc.PLASTICC_CLASSES.get(POSITIVE_CLASS_ID)
+    return name if name in class_names else None
+
+
+def build_model(cfg, info: dict, rngs) -> TransientClassifier:
+    m = TransientsModel.model_validate(cfg.model)
+    if m.d_model % m.num_heads:
+        raise ConfigError(f"config key 'model.d_model' = {m.d_model}: must be divisible by model.num_heads = {m.num_heads}")
+    return TransientClassifier(
+        info["num_classes"],
+        d_model=m.d_model,
+        num_heads=m.num_heads,
+        num_layers=m.num_layers,
+        mlp_ratio=m.mlp_ratio,
+        dropout=m.dropout,
+        meta_dim=info["meta_dim"],
+        rngs=rngs,
+    )
+
+
+def _inputs(batch: dict) -> dict:
+    return {k: batch[k] for k in MODEL_INPUTS}
+
+
+def loss_fn(model, batch, rng, train: bool):
+    logits = model(_inputs(batch), train=train, rng=rng)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    weight = batch["sample_weight"] * batch.get("_weight", 1.0)
+    loss = jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1e-9)
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+    return loss, {"accuracy": accuracy}
+
+
+def predict_fn(model, batch) -> jax.Array:
+    return jax.nn.softmax(model(_inputs(batch), train=False), axis=-1)
+
+
+def score(probs: np.ndarray, arrays: dict, info: dict) -> dict[str, Any]:
+    labels = arrays["label"]
+    k = info["num_classes"]
+    out = {
+        "loss": clf.flat_weighted_log_loss(probs, labels, k),
+        "log_loss": clf.log_loss(probs, labels),
+        "accuracy": float(np.mean(probs.argmax(-1) == labels)),
+    }
+    pos = info.get("positive_class")
+    if pos is not None:
+        j = info["class_names"].index(pos)
+        out["auc_snia"] = clf.roc_auc(probs[:, j], labels == j)
+    return out
+
+
+def report(probs: np.ndarray, arrays: dict, info: dict, out_dir: Path) -> dict[str, Any]:
+    from astroflax.evaluate import plots
+
+    rep = clf.classification_report(probs, arrays["label"], info["class_names"], positive_class=info.get("positive_class"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cm = np.asarray(rep["confusion_matrix"])
+    rep["figures"] = {
+        "confusion_matrix": str(plots.plot_confusion_matrix(cm, info["class_names"], out_dir / "confusion_matrix.png")),
+    }
+    return rep
+
+
+def load_inputs(cfg, info: dict, path: str | Path):
+    dcfg = TransientsData.model_validate(cfg.data)
+    lcs = lc.load_user_lightcurves(path, class_names=info["class_names"])
+    arrays = _to_arrays(lcs, info["max_len"], dcfg.use_metadata, info["meta_mean"], info["meta_std"])
+    arrays["sample_weight"] = np.ones(len(arrays["label"]), np.float32)
+    return arrays, arrays["object_id"]
+
+
+def format_predictions(probs: np.ndarray, ids: np.ndarray, info: dict) -> list[dict[str, Any]]:
+    names = info["class_names"]
+    rows = []
+    for oid, p in zip(ids, probs):
+        row: dict[str, Any] = {"object_id": int(oid), "predicted_class": names[int(np.argmax(p))]}
+        row.update({f"p_{name}": float(v) for name, v in zip(names, p)})
+        rows.append(row)
+    return rows
+
+
+QUICK = {
+    "data": {"max_len": 128},
+    "model": {"d_model": 48, "num_heads": 4, "num_layers": 2, "dropout": 0.1},
+    "optim": {"lr": 2e-3, "weight_decay": 1e-4},
+    "schedule": {"warmup_steps": 50},
+    "train": {"steps": 800, "batch_size": 64, "eval_every": 200, "log_every": 50},
+    "checkpoint": {"every": 200, "keep_latest": 2, "keep_best": 1},
+}
+
+FULL = {
+    "data": {"max_len": 256},
+    "model": {"d_model": 96, "num_heads": 4, "num_layers": 3, "dropout": 0.1},
+    "optim": {"lr": 1e-3, "weight_decay": 1e-4},
+    "schedule": {"warmup_steps": 300},
+    "train": {"steps": 12000, "batch_size": 64, "eval_every": 500, "log_every": 100,
+              "early_stopping": {"patience": 8}},
+    "checkpoint": {"every": 500, "keep_latest": 2, "keep_best": 1},
+}
+
+TASK = register(
+    Task(
+        name="transients",
+        description="PLAsTiCC transient/variable classification from multi-band light curves (14 classes, transformer)",
+        data_config=TransientsData,
+        model_config=TransientsModel,
+        defaults={
+            "train": {"early_stopping": {"metric": "val_loss", "mode": "min"}},
+            "checkpoint": {"metric": "val_loss", "mode": "min"},
+        },
+        presets={"quick": QUICK, "full": FULL},
+        load_data=load_data,
+        build_model=build_model,
+        loss_fn=loss_fn,
+        predict_fn=predict_fn,
+        score=score,
+        report=report,
+        load_inputs=load_inputs,
+        format_predictions=format_predictions,
+    )
+)

@@ -1,0 +1,1 @@
+"""The general trainer: state, optimiser, pure steps, the loop, checkpoints, sharding."""

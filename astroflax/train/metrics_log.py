@@ -1,0 +1,47 @@
+"""Metric sinks: ``metrics.jsonl`` (always) and TensorBoard event files under ``tb/``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from tensorboardX import SummaryWriter
+
+
+def truncate_jsonl(path: Path, after_step: int) -> None:
+    """Drop lines logged after ``after_step``: a resumed run re-logs them."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= after_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        self.jsonl = run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            truncate_jsonl(self.jsonl, resume_step)
+        self._file = self.jsonl.open("a")
+        self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step is not None else None)
+
+    def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        record = {"step": step, "split": split, **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for key, value in scalars.items():
+            if math.isfinite(value):
+                self._tb.add_scalar(f"{split}/{key}", value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
