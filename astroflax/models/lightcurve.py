@@ -227,6 +227,12 @@ class LightCurveEncoder(nnx.Module):
     + Embed(band) + TimeEncoding(time); then ``num_layers`` pre-LN transformer
     layers with key-padding masking, attention pooling over valid observations
     and a final LayerNorm.
+
+    ``attention="induced"`` (default): each layer is an induced-set attention
+    block (``num_inducing`` learned latents, O(L) cost) -- needed to keep the
+    default config fast on CPU at L=256.  ``attention="full"``: classic
+    O(L^2) self-attention layers (about 3x slower at B=64, L=256).
+    ``encode_sequence`` returns per-observation states for other heads.
     """
 
     def __init__(

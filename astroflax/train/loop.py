@@ -160,7 +160,8 @@ def train_and_evaluate(
     fresh_acc = lambda: replicate(init_accumulator(metric_names), mesh)  # noqa: E731
     acc = fresh_acc()
 
-    writer = MetricsWriter(run_dir, resume_step=start_step if resuming else None)
+    # A fresh start in a directory left by a run killed before its first checkpoint drops its logs.
+    writer = MetricsWriter(run_dir, resume_step=start_step)
     console.print(
         f"Training [bold]{task.name}[/] ({count_params(state.params):,} parameters) for {total_steps} steps, "
         f"batch {cfg.train.batch_size} on {mesh.devices.size} device(s); run directory {run_dir}"

@@ -19,12 +19,11 @@ def truncate_jsonl(path: Path, after_step: int) -> None:
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: Path, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, resume_step: int = 0):
         self.jsonl = run_dir / "metrics.jsonl"
-        if resume_step is not None:
-            truncate_jsonl(self.jsonl, resume_step)
+        truncate_jsonl(self.jsonl, resume_step)
         self._file = self.jsonl.open("a")
-        self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step is not None else None)
+        self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1)
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -1,0 +1,29 @@
+"""Data parallelism: 4 forced host devices give the same losses as 1 device."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import TINY_TRANSIENTS, run_cli, set_args
+
+OVERRIDES = [o for o in TINY_TRANSIENTS if not o.startswith(("train.steps", "train.log_every"))] + [
+    "train.steps=20",
+    "train.log_every=1",
+]
+
+
+def losses(run_dir, devices: int) -> list[float]:
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    proc = run_cli("train", "transients", "--run-dir", str(run_dir), "--no-evaluate", *set_args(OVERRIDES), env=env, check=True)
+    assert f"on {devices} device(s)" in proc.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def test_four_devices_match_one(tmp_path):
+    one = losses(tmp_path / "one", 1)
+    four = losses(tmp_path / "four", 4)
+    assert len(one) == len(four) == 20
+    for step, (a, b) in enumerate(zip(one, four), start=1):
+        assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: 1 device {a} vs 4 devices {b}"
+    assert one[-1] != one[0]  # it trained
