@@ -14,7 +14,7 @@ def test_presets_resolve_and_differ():
     full = build_config("transients", "full")
     assert quick.preset == "quick" and full.preset == "full"
     assert quick.train.steps < full.train.steps
-    assert quick.data["max_len"] == 128 and full.data["max_len"] == 256
+    assert quick.data["max_len"] < full.data["max_len"]
 
 
 def test_override_parses_yaml_values():
