@@ -166,6 +166,23 @@ def config_show(
     sys.stdout.write(build_config(task, preset, config, overrides).to_yaml())
 
 
+# ------------------------------------------------------------- more command modules
+
+# Each module defines ``register(app: typer.Typer) -> None`` and imports heavy libraries
+# inside its commands, so that ``astroflax --help`` stays fast.
+EXTRA_COMMAND_MODULES: list[str] = []
+
+
+def _register_extra_commands() -> None:
+    import importlib
+
+    for name in EXTRA_COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register_extra_commands()
+
+
 # ---------------------------------------------------------------------------- main
 
 
