@@ -55,7 +55,8 @@ class Task:
     - ``build_model(cfg, info, rngs)`` -> an NNX module.
     - ``loss_fn(model, batch, rng, train)`` -> (scalar loss, dict of scalar metrics); pure, jitted.
       Arrays in the batch whose name starts with ``_`` are bookkeeping the loss must ignore,
-      except ``_weight`` (1 for real examples, 0 for padding added to fill the last eval batch).
+      except ``_weight`` (1 for real examples, 0 for padding added to fill the last eval batch) and
+      ``_step`` (the optimiser step, a scalar, present in training only).
     - ``predict_fn(model, batch)`` -> array of per-example outputs (eval mode); pure, jitted.
     - ``score(outputs, split_arrays, info)`` -> JSON-able metrics dict on the host; must contain
       ``loss``. Validation metrics are logged as ``val_<key>`` for every scalar key.

@@ -30,9 +30,12 @@ def make_train_step(
         # A fresh key per step derived from (seed key, step): identical after a resume.
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
+        # The step travels with the batch for losses that change with training (e.g. KL warm-up).
+        step_batch = {**batch, "_step": state.step}
+
         def compute(params):
             model = nnx.merge(graphdef, params, state.model_state)
-            loss, aux = loss_fn(model, batch, rng, True)
+            loss, aux = loss_fn(model, step_batch, rng, True)
             _, _, new_model_state = nnx.split(model, nnx.Param, ...)
             return loss, (aux, new_model_state)
 
