@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
 from typer._click import exceptions as click_exc  # typer >= 0.29 vendors click
 from rich.console import Console
 from rich.table import Table
@@ -65,7 +66,10 @@ def train(
     from astroflax.train.loop import train_and_evaluate
 
     _require_file(config, "--config")
-    cfg = build_config(task, preset, config, overrides, extra={"run_dir": str(run_dir)} if run_dir else None)
+    saved = run_dir / "config.yaml" if run_dir else None
+    base = yaml.safe_load(saved.read_text()) if saved and saved.is_file() and resume is not False else None
+    extra = {"run_dir": str(run_dir)} if run_dir else None
+    cfg = build_config(task, preset, config, overrides, extra=extra, base=base)
     result = train_and_evaluate(cfg, resume=resume, console=err)
     resume_cmd = f"astroflax train {cfg.task} --run-dir {result.run_dir} --resume"
     if result.stopped_by and result.stopped_by.startswith("SIG"):

@@ -184,21 +184,33 @@ def build_config(
     config_file: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     extra: dict | None = None,
+    base: dict | None = None,
 ) -> ExperimentConfig:
-    """Resolve task defaults + preset + YAML file + overrides into a validated config."""
+    """Resolve task defaults + preset + YAML file + overrides into a validated config.
+
+    ``base`` (a run's saved config) replaces defaults + preset, so that resuming a run needs
+    no flags beyond ``--run-dir``; anything given explicitly is still applied on top of it.
+    """
     from astroflax.tasks import get_task
 
     task = get_task(task_name)
-    raw: dict = {"task": task.name}
-    raw = deep_merge(raw, task.defaults)
     file_values = load_yaml_file(config_file) if config_file else {}
-    preset = preset or file_values.get("preset") or "quick"
-    if preset not in task.presets:
-        raise ConfigError(
-            f"preset {preset!r} is not defined for task {task.name!r}; choose from {sorted(task.presets)}"
-        )
-    raw = deep_merge(raw, task.presets[preset])
-    raw["preset"] = preset
+    if base is not None:
+        if preset and preset != base.get("preset"):
+            raise ConfigError(
+                f"--preset {preset!r}: this run directory was created with preset {base.get('preset')!r}; "
+                "use another --run-dir for a different preset"
+            )
+        raw = dict(base)
+    else:
+        raw = deep_merge({"task": task.name}, task.defaults)
+        preset = preset or file_values.get("preset") or "quick"
+        if preset not in task.presets:
+            raise ConfigError(
+                f"preset {preset!r} is not defined for task {task.name!r}; choose from {sorted(task.presets)}"
+            )
+        raw = deep_merge(raw, task.presets[preset])
+        raw["preset"] = preset
     raw = deep_merge(raw, file_values)
     if raw.get("task") != task.name:
         raise ConfigError(f"config key 'task' = {raw.get('task')!r} but the command asked for task {task.name!r}")

@@ -99,7 +99,10 @@ def test_sigterm_saves_and_resumes_bitwise(tmp_path, reference):
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     stopped_at = steps[-1]
     assert 37 <= stopped_at < STEPS, steps  # saved at the step it stopped, not only at an interval
-    resumed = run_cli(*train_args(run_dir), check=True)
+    # Resume with exactly the command the stopped run printed (no config flags needed).
+    printed = stderr.split("Resume with:")[1].split()
+    assert printed[:2] == ["astroflax", "train"] and "--resume" in printed
+    resumed = run_cli(*printed[1:], check=True)
     assert f"from checkpoint step {stopped_at}" in resumed.stderr
     assert_same(reference, final_params(run_dir))
     # metrics.jsonl has each train step exactly once after the resume
