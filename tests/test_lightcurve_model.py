@@ -246,3 +246,37 @@ def test_full_self_attention_variant_padding_invariant():
     l1, l2 = np.asarray(apply(state, b, KEY0)), np.asarray(apply(state, longer, KEY0))
     assert np.all(np.isfinite(l1))
     np.testing.assert_allclose(l1, l2, atol=1e-5, rtol=1e-5)
+
+
+def test_training_augmentation_only_in_train_mode():
+    """obs_dropout / flux_jitter change the training forward pass and nothing at evaluation."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from astroflax.models.lightcurve import TransientClassifier
+
+    rng = np.random.default_rng(0)
+    b, length = 4, 24
+    batch = {
+        "time": rng.normal(0, 50, (b, length)).astype(np.float32),
+        "flux": rng.normal(0, 1, (b, length)).astype(np.float32),
+        "flux_err": np.full((b, length), 0.3, np.float32),
+        "band": rng.integers(0, 6, (b, length)).astype(np.int32),
+        "mask": np.arange(length)[None, :] < np.array([[24], [10], [1], [5]]),
+        "meta": np.zeros((b, 0), np.float32),
+    }
+    plain = TransientClassifier(3, d_model=16, num_heads=2, num_layers=1, dropout=0.0, rngs=nnx.Rngs(0))
+    aug = TransientClassifier(3, d_model=16, num_heads=2, num_layers=1, dropout=0.0, obs_dropout=0.5,
+                              flux_jitter=1.0, rngs=nnx.Rngs(0))
+    key = jax.random.key(1)
+    np.testing.assert_array_equal(np.asarray(plain(batch)), np.asarray(aug(batch)))
+    np.testing.assert_array_equal(np.asarray(plain(batch, train=True, rng=key)), np.asarray(plain(batch)))
+    a1 = np.asarray(aug(batch, train=True, rng=key))
+    a2 = np.asarray(aug(batch, train=True, rng=jax.random.key(2)))
+    assert np.all(np.isfinite(a1))
+    assert not np.allclose(a1, np.asarray(aug(batch)))
+    assert not np.allclose(a1, a2)
+    np.testing.assert_array_equal(a1, np.asarray(aug(batch, train=True, rng=key)))
+    # the object with a single observation keeps it (row 2 stays finite and defined)
+    assert np.all(np.isfinite(a1[2]))

@@ -251,12 +251,16 @@ class LightCurveEncoder(nnx.Module):
         num_frequencies: int = 16,
         min_period: float = 0.1,
         max_period: float = 2000.0,
+        obs_dropout: float = 0.0,
+        flux_jitter: float = 0.0,
         rngs: nnx.Rngs,
     ):
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} not divisible by num_heads={num_heads}")
         self.num_bands = int(num_bands)
         self.d_model = int(d_model)
+        self.obs_dropout = float(obs_dropout)
+        self.flux_jitter = float(flux_jitter)
         self.num_obs_features = int(num_obs_features)
         self.obs_feature_key = obs_feature_key
         self.value_proj = _linear(2 + self.num_obs_features, d_model, rngs)
@@ -312,8 +316,28 @@ class LightCurveEncoder(nnx.Module):
         """Per-observation hidden states ``(B, L, d_model)`` (padded rows = 0) and mask."""
         return self._encode_sequence(batch, _Keys(rng, train))
 
+    def _augment(self, batch: Batch, keys: _Keys) -> Batch:
+        """Training-time augmentation: drop random observations and re-draw fluxes within errors.
+
+        Survey light curves of one class differ in cadence and noise; seeing each object with
+        other subsets of its points and other noise draws is what regularises the model most.
+        An object keeps all its points if dropping would leave none.
+        """
+        if keys._rng is None or not (self.obs_dropout or self.flux_jitter):
+            return batch
+        mask = jnp.asarray(batch["mask"]).astype(bool)
+        out = dict(batch)
+        if self.obs_dropout:
+            kept = mask & (jax.random.uniform(keys(), mask.shape) >= self.obs_dropout)
+            out["mask"] = jnp.where(jnp.any(kept, axis=-1, keepdims=True), kept, mask)
+        if self.flux_jitter:
+            noise = jax.random.normal(keys(), mask.shape)
+            err = jnp.where(mask, jnp.asarray(batch["flux_err"], jnp.float32), 0.0)
+            out["flux"] = jnp.where(mask, jnp.asarray(batch["flux"], jnp.float32) + self.flux_jitter * err * noise, 0.0)
+        return out
+
     def _encode_sequence(self, batch: Batch, keys: _Keys):
-        mask, time, vals, band = self._clean_inputs(batch)
+        mask, time, vals, band = self._clean_inputs(self._augment(batch, keys))
         m = mask[..., None]
         x = self.value_proj(vals) + self.band_embed(band) + self.time_enc(time)
         x = _dropout(self.embed_drop, x, keys)
