@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-__all__ = ["report_table"]
+__all__ = ["evaluation_table", "metrics_table", "report_table"]
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -16,6 +16,24 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return f"{float(value):.{digits}f}"
+
+
+def metrics_table(report: dict[str, Any], title: str) -> Table:
+    """Every top-level scalar of a report (regression, generative models, anything not per class)."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("Metric")
+    table.add_column("Value", justify="right")
+    for key, value in report.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "checkpoint_step":
+            table.add_row(key, _fmt(value))
+    return table
+
+
+def evaluation_table(report: dict[str, Any], title: str) -> Group | Table:
+    """The classification tables when the report is a classification report, else all scalars."""
+    if all(k in report for k in ("n", "accuracy", "per_class", "macro")):
+        return report_table(report, title)
+    return metrics_table(report, title)
 
 
 def report_table(report: dict[str, Any], title: str) -> Group:

@@ -18,6 +18,11 @@ def register(task: Task) -> Task:
 def _load_builtin() -> None:
     # Imported lazily so that `astroflax --help` stays fast.
     from astroflax.tasks import transients  # noqa: F401
+    from astroflax.tasks import variables  # noqa: F401
+    from astroflax.tasks import morphology  # noqa: F401
+    from astroflax.tasks import photoz  # noqa: F401
+    from astroflax.tasks import vae  # noqa: F401
+    from astroflax.tasks import spectra  # noqa: F401
 
 
 def all_tasks() -> dict[str, Task]:

@@ -1,0 +1,154 @@
+"""Reading user galaxy images (PNG/JPEG via Pillow, FITS via astropy) and the shared normalisation.
+
+Rendered and real images go through the same two steps: :func:`to_model_size` (centre-crop to a
+square, area-resample to the model size) and :func:`normalise` (per-image, per-band asinh
+stretch). Band conventions (the model's channels are g, r, i):
+
+- RGB images (PNG/JPEG): the usual astronomical colour composite, so R -> i, G -> r, B -> g
+  (channels reversed). An alpha channel is dropped.
+- Grayscale images and 2-D FITS: one band, replicated to all three channels.
+- 3-D FITS cubes: three bands along the first (``(3, H, W)``) or last (``(H, W, 3)``) axis,
+  taken in the order g, r, i.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from astroflax.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+SUPPORTED = IMAGE_EXTENSIONS + FITS_EXTENSIONS
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for ext in sorted(SUPPORTED, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    return path.suffix.lower()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One image file -> float32 ``(H, W, 3)`` in g, r, i order (see module docstring)."""
+    path = Path(path)
+    ext = _suffix(path)
+    if ext not in SUPPORTED:
+        raise DataError(f"{path}: unsupported extension {ext or '(none)'!r}; expected one of {', '.join(SUPPORTED)}")
+    arr = _read_fits(path) if ext in FITS_EXTENSIONS else _read_pillow(path)
+    arr = np.asarray(arr, np.float32)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if min(arr.shape[:2]) < 8:
+        raise DataError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]} pixels; expected at least 8x8")
+    finite = np.isfinite(arr)
+    if not finite.any():
+        raise DataError(f"{path}: every pixel is NaN/Inf; expected a real image")
+    arr = np.where(finite, arr, np.nanmedian(np.where(finite, arr, np.nan)))
+    if float(arr.max() - arr.min()) == 0.0:
+        raise DataError(f"{path}: image is constant (all pixels = {float(arr.flat[0])}); expected a galaxy image")
+    return arr
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("L", "I", "F", "I;16", "I;16B", "I;16L"):
+                return np.asarray(im.convert("F"), np.float32)
+            if im.mode == "LA":
+                return np.asarray(im.getchannel(0), np.float32)
+            rgb = np.asarray(im.convert("RGB"), np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as an image ({type(exc).__name__}: {exc})") from None
+    return rgb[..., ::-1]  # R, G, B -> i, r, g reversed = g, r, i
+
+
+def _read_fits(path: Path) -> np.ndarray:
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            data = next((h.data for h in hdul if getattr(h, "data", None) is not None and h.data.ndim > 0), None)
+            data = None if data is None else np.array(data, dtype=np.float32)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: cannot read as FITS ({type(exc).__name__}: {exc})") from None
+    if data is None:
+        raise DataError(f"{path}: FITS file has no image data in any HDU")
+    data = np.squeeze(data)
+    if data.ndim == 2:
+        return data
+    if data.ndim == 3 and data.shape[0] == 3:
+        return np.moveaxis(data, 0, -1)
+    if data.ndim == 3 and data.shape[-1] == 3:
+        return data
+    raise DataError(
+        f"{path}: FITS image has shape {data.shape}; expected 2-D (one band) or 3-D with 3 bands (3, H, W) or (H, W, 3)"
+    )
+
+
+def to_model_size(img: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
+    """Centre-crop to a square of ``crop`` x the shorter side, then area/bilinear-resample to ``size``."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    side = max(1, int(round(min(h, w) * crop)))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    sq = img[y0:y0 + side, x0:x0 + side]
+    if side == size:
+        return np.ascontiguousarray(sq, np.float32)
+    method = Image.Resampling.BOX if side > size else Image.Resampling.BILINEAR
+    bands = [np.asarray(Image.fromarray(np.ascontiguousarray(sq[..., b], np.float32), mode="F").resize((size, size), method))
+             for b in range(sq.shape[-1])]
+    return np.stack(bands, axis=-1).astype(np.float32)
+
+
+def normalise(images: np.ndarray, softening: float | np.ndarray = 0.1) -> np.ndarray:
+    """Per-image, per-band asinh stretch, identical for rendered and real images.
+
+    Subtract the band's median (the sky), divide by the band's 99th percentile inside the central
+    half of the image (the galaxy, not field stars at the edge), then ``asinh(x / a) / asinh(1 / a)``
+    with softening ``a``: faint outskirts are lifted, the core maps near 1. Scaling each band on its
+    own makes the input insensitive to a survey's colour calibration; colour gradients remain.
+    """
+    x = np.asarray(images, np.float32)
+    single = x.ndim == 3
+    if single:
+        x = x[None]
+    n, size = x.shape[0], x.shape[1]
+    sky = np.median(x.reshape(n, -1, x.shape[-1]), axis=1)[:, None, None, :]
+    x = x - sky
+    q = size // 4
+    centre = x[:, q:size - q, q:size - q, :].reshape(n, -1, x.shape[-1])
+    scale = np.percentile(centre, 99, axis=1)[:, None, None, :]
+    noise = 1.4826 * np.median(np.abs(x.reshape(n, -1, x.shape[-1])), axis=1)[:, None, None, :]
+    scale = np.maximum(scale, np.maximum(3 * noise, 1e-12))
+    a = np.broadcast_to(np.asarray(softening, np.float32), (n,))[:, None, None, None]
+    y = np.arcsinh(x / (scale * a)) / np.arcsinh(1 / a)
+    y = np.clip(y, -1.0, 2.0).astype(np.float32)
+    return y[0] if single else y
+
+
+def list_image_files(path: str | Path) -> list[Path]:
+    """A file, or the supported image files in a folder (sorted; other files are ignored)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or directory")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _suffix(p) in SUPPORTED)
+    if not files:
+        raise DataError(f"{path}: folder has no image files; expected {', '.join(SUPPORTED)}")
+    return files
+
+
+def load_images(path: str | Path, size: int, crop: float = 1.0, softening: float = 0.1) -> tuple[np.ndarray, list[str]]:
+    """Read, resize and normalise one file or every image in a folder: ((N, size, size, 3), names)."""
+    files = list_image_files(path)
+    imgs = [to_model_size(read_image(f), size, crop) for f in files]
+    return normalise(np.stack(imgs), softening), [f.name for f in files]

@@ -1,0 +1,150 @@
+"""Models for 1-D stellar spectra: ``flux (B, P) -> (class logits (B, K), type scale (B,))``.
+
+:class:`SpectralConvolution` is a 1-D convolution whose output is modulated, channel by channel,
+by a learned per-wavelength gain and offset: ``y[p, c] = conv(x)[p, c] * g[p, c] + o[p, c]``
+(``g`` starts at 1, ``o`` at 0, so the layer starts as a plain convolution). Why: a plain
+convolution is translation-equivariant, but a spectrum is not translation-invariant; an
+absorption feature means something different at 3933 A (Ca II K), 6563 A (H-alpha) or 7100 A
+(TiO). The gain lets each filter emphasise or suppress its response where it is diagnostic, at
+the cost of ``2 * P * C`` parameters per layer, while the shared kernel keeps the layer
+well-conditioned (the kernel still learns shapes such as "a line of this width" from everywhere).
+
+Both models end in two heads: class logits and a regression of the spectral-type scale
+``class_index + subtype / 10`` (predicted as ``3.5 + 2 * raw``, i.e. roughly standardised).
+BatchNorm runs in batch-statistics mode when ``train=True`` and on running averages otherwise.
+No RNG state is stored: dropout keys come from the explicit ``rng`` argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = ["SpectralConvolution", "SpectrumMLP", "SpectrumCNN", "refresh_batch_stats"]
+
+SCALE_CENTRE = 3.5
+SCALE_SPREAD = 2.0
+
+
+def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(features, momentum=0.9, rngs=rngs)
+
+
+def refresh_batch_stats(module: nnx.Module) -> None:
+    """Re-wrap BatchNorm running statistics as variables of the current trace (same values).
+
+    The trainer merges the model inside ``jax.grad`` from state captured outside it; flax 0.12
+    then refuses BatchNorm's in-place update of those outer-trace variables (TraceContextError).
+    Fresh variable objects make the update legal and stay visible to the trainer's re-split.
+    """
+    for _, sub in nnx.iter_modules(module):
+        if isinstance(sub, nnx.BatchNorm):
+            for name in ("mean", "var"):
+                var = getattr(sub, name, None)
+                if isinstance(var, nnx.BatchStat):
+                    setattr(sub, name, nnx.BatchStat(var[...]))
+
+
+def _dropout(layer: nnx.Dropout, x: jax.Array, rng: jax.Array | None, i: int) -> jax.Array:
+    if rng is None or layer.rate == 0.0:
+        return x
+    return layer(x, deterministic=False, rngs=jax.random.fold_in(rng, i))
+
+
+class SpectralConvolution(nnx.Module):
+    """``(B, P, C_in) -> (B, P, C_out)``: 'SAME' 1-D convolution times a per-wavelength gain, plus offset."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, length: int, *, rngs: nnx.Rngs):
+        self.length = int(length)
+        self.conv = nnx.Conv(in_features, out_features, kernel_size=(int(kernel_size),), padding="SAME", rngs=rngs)
+        self.gain = nnx.Param(jnp.ones((self.length, out_features), jnp.float32))
+        self.offset = nnx.Param(jnp.zeros((self.length, out_features), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 3 or x.shape[1] != self.length:
+            raise ValueError(f"SpectralConvolution expects (batch, {self.length}, channels), got {x.shape}")
+        return self.conv(x) * self.gain[...] + self.offset[...]
+
+
+class _Heads(nnx.Module):
+    def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.cls = nnx.Linear(features, num_classes, rngs=rngs)
+        self.reg = nnx.Linear(features, 1, rngs=rngs)
+
+    def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.cls(h), SCALE_CENTRE + SCALE_SPREAD * self.reg(h)[:, 0]
+
+
+class SpectrumMLP(nnx.Module):
+    """Dense -> BatchNorm -> GELU -> dropout, repeated, then the two heads."""
+
+    def __init__(
+        self,
+        num_pixels: int,
+        num_classes: int,
+        hidden: Sequence[int] = (512, 256),
+        dropout: float = 0.2,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        sizes = [int(num_pixels), *map(int, hidden)]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.norms = nnx.List([_bn(b, rngs) for b in sizes[1:]])
+        self.drop = nnx.Dropout(float(dropout))
+        self.heads = _Heads(sizes[-1], num_classes, rngs=rngs)
+
+    def __call__(self, flux: jax.Array, *, train: bool = False, rng: jax.Array | None = None):
+        if train and rng is None:
+            raise ValueError("train=True requires an explicit `rng` key for dropout")
+        x = jnp.asarray(flux, jnp.float32) - 1.0
+        for i, (layer, norm) in enumerate(zip(self.layers, self.norms)):
+            x = jax.nn.gelu(norm(layer(x), use_running_average=not train))
+            x = _dropout(self.drop, x, rng if train else None, i)
+        return self.heads(x)
+
+
+class SpectrumCNN(nnx.Module):
+    """[SpectralConvolution -> BatchNorm -> GELU -> max-pool 2] per stage, flatten, dense, two heads."""
+
+    def __init__(
+        self,
+        num_pixels: int,
+        num_classes: int,
+        channels: Sequence[int] = (16, 32, 48, 64),
+        kernel_size: int = 7,
+        hidden: int = 128,
+        dropout: float = 0.2,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        length = int(num_pixels)
+        if length % (2 ** len(channels)):
+            raise ValueError(f"num_pixels={length} must be divisible by 2**{len(channels)} (one pooling per stage)")
+        convs, norms = [], []
+        c_in = 1
+        for c in channels:
+            convs.append(SpectralConvolution(c_in, int(c), kernel_size, length, rngs=rngs))
+            norms.append(_bn(int(c), rngs))
+            c_in, length = int(c), length // 2
+        self.convs = nnx.List(convs)
+        self.norms = nnx.List(norms)
+        self.fc = nnx.Linear(length * c_in, int(hidden), rngs=rngs)
+        self.fc_norm = _bn(int(hidden), rngs)
+        self.drop = nnx.Dropout(float(dropout))
+        self.heads = _Heads(int(hidden), num_classes, rngs=rngs)
+
+    def __call__(self, flux: jax.Array, *, train: bool = False, rng: jax.Array | None = None):
+        if train and rng is None:
+            raise ValueError("train=True requires an explicit `rng` key for dropout")
+        x = (jnp.asarray(flux, jnp.float32) - 1.0)[..., None]
+        for conv, norm in zip(self.convs, self.norms):
+            x = jax.nn.gelu(norm(conv(x), use_running_average=not train))
+            b, p, c = x.shape
+            x = jnp.max(x.reshape(b, p // 2, 2, c), axis=2)
+        x = x.reshape(x.shape[0], -1)
+        x = jax.nn.gelu(self.fc_norm(self.fc(x), use_running_average=not train))
+        x = _dropout(self.drop, x, rng if train else None, 0)
+        return self.heads(x)

@@ -1,0 +1,186 @@
+"""morphology: renderer physics, augmentation, image input errors, and a short real CLI run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from astroflax.data import galaxy_render as gr
+from astroflax.data import images as im
+from astroflax.errors import DataError
+from astroflax.models.cnn import dihedral_augment
+from conftest import run_cli, set_args
+
+CFG = gr.RenderConfig(image_size=48)
+
+
+def test_render_shapes_and_determinism():
+    labels = np.arange(6).repeat(3)
+    a = gr.render_galaxies(labels, CFG, seed=7)
+    b = gr.render_galaxies(labels, CFG, seed=7)
+    c = gr.render_galaxies(labels, CFG, seed=8)
+    assert a.shape == (18, 48, 48, 3) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    imgs, labs = gr.render_set(4, CFG, seed=3)
+    assert imgs.shape == (24, 48, 48, 3)
+    assert np.bincount(labs).tolist() == [4] * 6
+
+
+def test_ellipticals_more_concentrated_than_sc():
+    cfg = gr.RenderConfig(image_size=48, stars_per_image=0.0)
+    imgs = gr.render_galaxies(np.array([0] * 60 + [4] * 60), cfg, seed=1, noise=False)
+    conc = gr.concentration(imgs, radius=2.5)
+    e, sc = conc[:60], conc[60:]
+    assert e.mean() > sc.mean() + 0.03, (e.mean(), sc.mean())
+
+
+def test_psf_conserves_flux_and_noise_matches_depth():
+    cfg = gr.RenderConfig(image_size=48, stars_per_image=0.0, depth_spread=0.0)
+    clean, par = gr.render_galaxies(np.arange(6).repeat(4), cfg, seed=2, noise=False, return_params=True)
+    np.testing.assert_allclose(clean.sum(axis=(1, 2)), par["galaxy_flux"], rtol=1e-4)  # PSF keeps total flux
+    # Direct check of the FFT convolution on a delta function.
+    delta = np.zeros((2, 32, 32, 1), np.float32)
+    delta[:, 10, 20] = 5.0
+    k = gr.psf_kernels(32, np.array([2.0, 3.0]), np.array([0, 1]), np.array([3.0, 3.0]))
+    out = gr.convolve_fft(delta, k)
+    np.testing.assert_allclose(out.sum(axis=(1, 2, 3)), 10.0 / 2, rtol=1e-5)
+    assert out[0, 10, 20, 0] < 5.0 and out[0, 10, 21, 0] > 0  # flux was spread out
+    noisy, par = gr.render_galaxies(np.arange(6).repeat(4), cfg, seed=2, return_params=True)
+    resid = (noisy - clean)[:, :, :, 1].reshape(24, -1)  # noise-only difference, r band
+    ratio = resid.std(axis=1) / par["noise_sigma"][:, 1]
+    np.testing.assert_allclose(ratio, 1.0, atol=0.08)
+    expected = gr.pixel_noise_sigma(cfg.depth, par["psf_fwhm"])
+    np.testing.assert_allclose(par["noise_sigma"][:, 1], expected, rtol=1e-6)
+    # 2 mag deeper = 6.3x less noise.
+    np.testing.assert_allclose(gr.pixel_noise_sigma(25.0, 2.0) * 10 ** 0.8, gr.pixel_noise_sigma(23.0, 2.0), rtol=1e-9)
+
+
+def test_dihedral_augment_is_rotation_or_flip():
+    x = jax.random.normal(jax.random.key(0), (16, 12, 12, 3))
+    y = np.asarray(jax.jit(dihedral_augment)(x, jax.random.key(1)))
+    assert y.shape == x.shape
+    xs = np.asarray(x)
+    seen = set()
+    for i in range(len(xs)):
+        variants = [np.rot90(xs[i], r, axes=(0, 1)) for r in range(4)]
+        variants += [v[:, ::-1] for v in variants]
+        match = [j for j, v in enumerate(variants) if np.array_equal(v, y[i])]
+        assert match, f"example {i} is not a rotation/flip of its input"
+        seen.add(match[0])
+    assert len(seen) > 2  # really random, not always the identity
+
+
+def test_normalise_same_for_scaled_images():
+    imgs = gr.render_galaxies(np.array([0, 3]), CFG, seed=4)
+    a = im.normalise(imgs)
+    b = im.normalise(imgs * 37.0 + 5.0)  # other units and sky level: same stretched image
+    np.testing.assert_allclose(a, b, atol=2e-3)
+    assert a.shape == imgs.shape and np.isfinite(a).all()
+
+
+def test_image_input_errors(tmp_path: Path):
+    from astropy.io import fits
+    from PIL import Image
+
+    bad_ext = tmp_path / "galaxy.tiff"
+    bad_ext.write_bytes(b"\x00" * 10)
+    with pytest.raises(DataError, match="unsupported extension"):
+        im.read_image(bad_ext)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match="broken.png: cannot read"):
+        im.read_image(broken)
+    cube = tmp_path / "cube4.fits"
+    fits.PrimaryHDU(np.ones((4, 20, 20), np.float32)).writeto(cube)
+    with pytest.raises(DataError, match=r"cube4.fits: FITS image has shape \(4, 20, 20\)"):
+        im.read_image(cube)
+    nan = tmp_path / "nan.fits"
+    fits.PrimaryHDU(np.full((20, 20), np.nan, np.float32)).writeto(nan)
+    with pytest.raises(DataError, match="NaN"):
+        im.read_image(nan)
+    const = tmp_path / "flat.png"
+    Image.fromarray(np.full((20, 20), 7, np.uint8)).save(const)
+    with pytest.raises(DataError, match="constant"):
+        im.read_image(const)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="no image files"):
+        im.list_image_files(empty)
+    # Grayscale PNG -> replicated; RGB -> channels reversed (B, G, R = g, r, i).
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.arange(400, dtype=np.uint8).reshape(20, 20)).save(gray)
+    g = im.read_image(gray)
+    assert g.shape == (20, 20, 3) and np.array_equal(g[..., 0], g[..., 2])
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    rgb[..., 0] = 200  # red only
+    rgb[0, 0] = 1
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    r = im.read_image(tmp_path / "red.png")
+    assert r[5, 5].tolist() == [0.0, 0.0, 200.0]  # red = i band (last channel)
+
+
+def _write_user_images(folder: Path) -> None:
+    from astropy.io import fits
+    from PIL import Image
+
+    flux = gr.render_galaxies(np.array([0, 4]), gr.RenderConfig(image_size=80), seed=11)
+    png = im.normalise(flux[0])[..., ::-1]  # g, r, i -> R=i, G=r, B=g
+    Image.fromarray((np.clip(png, 0, 1) * 255).astype(np.uint8)).save(folder / "elliptical.png")
+    fits.PrimaryHDU(np.moveaxis(flux[1], -1, 0)).writeto(folder / "spiral.fits")  # (3, H, W) cube
+
+
+def test_cli_train_evaluate_predict(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    overrides = [
+        "data.image_size=32", "data.train_per_class=40", "data.val_per_class=8", "data.test_per_class=10",
+        "data.cache=false", "model.widths=[8,16]", "train.steps=10", "train.batch_size=16",
+        "train.eval_every=10", "train.log_every=5", "checkpoint.every=10", "schedule.warmup_steps=2",
+        "train.progress=false",
+    ]
+    proc = run_cli("train", "morphology", "--run-dir", str(run_dir), *set_args(overrides))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((run_dir / "eval" / "test.json").read_text())
+    assert rep["n"] == 60 and len(rep["confusion_matrix"]) == 6
+    assert 0.0 <= rep["accuracy"] <= 1.0
+    gz = rep["galaxy_zoo_smoke"]
+    assert "not a benchmark" in gz["note"].lower()
+    assert gz["n_cutouts"] == 21 and gz["n_labelled"] == 18 and gz["n_volunteer_labelled"] == 12
+    calls = [c["model_call"] for c in gz["cutouts"]]
+    assert set(calls) <= {"smooth", "featured"}
+    agree = [c["agree"] for c in gz["cutouts"] if c["agree"] is not None]
+    assert gz["agreement"] == pytest.approx(np.mean(agree))
+    assert {c["reference_call"] for c in gz["cutouts"][:12]} == {"smooth", "featured"}
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    _write_user_images(inputs)
+    (inputs / "README.txt").write_text("ignored")
+    out = tmp_path / "pred.csv"
+    proc = run_cli("predict", str(run_dir), "--input", str(inputs), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [r["file"] for r in rows] == ["elliptical.png", "spiral.fits"]
+    for r in rows:
+        assert r["predicted_class"] in gr.CLASS_NAMES
+        assert r["smooth_or_featured"] in ("smooth", "featured")
+        probs = [float(r[f"p_{c}"]) for c in gr.CLASS_NAMES]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert (r["smooth_or_featured"] == "smooth") == (float(r["p_smooth"]) >= 0.5)
+
+    # A bad file in the predict path: one-line DataError naming the file (the CLI prints it, exit 2).
+    from astropy.io import fits
+
+    from astroflax.tasks import get_task
+
+    bad = tmp_path / "bad.fits"
+    fits.PrimaryHDU(np.ones((2, 3, 20, 20), np.float32)).writeto(bad)
+    with pytest.raises(DataError, match=r"bad.fits: FITS image has shape \(2, 3, 20, 20\); expected 2-D"):
+        get_task("morphology").load_inputs(None, {"image_size": 32, "softening": 0.1}, bad)

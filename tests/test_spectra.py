@@ -1,0 +1,361 @@
+"""The ``spectra`` task: template conversion, the spectrum simulator, the split, the model and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from astropy.io import fits
+from flax import nnx
+
+from astroflax.data import spectra as sp
+from astroflax.errors import ConfigError, DataError
+from astroflax.models.spectra import SpectralConvolution, SpectrumCNN
+from astroflax.tasks import spectra as task_mod
+from conftest import REPO, run_cli, set_args
+
+TINY = [
+    "data.num_pixels=256",
+    "data.num_train=256",
+    "data.val_per_type=4",
+    "data.test_per_snr=2",
+    "model.channels=[4,8]",
+    "model.hidden=16",
+    "train.steps=6",
+    "train.batch_size=32",
+    "train.eval_batch_size=64",
+    "train.eval_every=3",
+    "train.log_every=3",
+    "checkpoint.every=3",
+    "schedule.warmup_steps=2",
+    "train.progress=false",
+]
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _load_converter():
+    spec = importlib.util.spec_from_file_location("convert_pickles", REPO / "scripts" / "convert_pickles.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_template(path: Path, flux: np.ndarray) -> None:
+    wave = np.arange(1150.0, 25000.1, 5.0)
+    np.savetxt(path, np.column_stack([wave, flux]), header="wave\tflux", delimiter="\t", comments="#")
+
+
+def test_converter_rejects_zero_file_and_parses_names(tmp_path):
+    conv = _load_converter()
+    src = tmp_path / "src"
+    src.mkdir()
+    wave = np.arange(1150.0, 25000.1, 5.0)
+    _write_template(src / "G2V_pickles1998.txt", 1.0 + 0.1 * np.sin(wave / 300.0))
+    _write_template(src / "M2_pickles1998.txt", wave / 5000.0)
+    np.savetxt(src / "K0V-ZRICH_pickles1998.txt", np.zeros((4770, 2)), header="wave\tflux", comments="#")
+    messages: list[str] = []
+    arrays = conv.convert(src, tmp_path / "out.npz", log=messages.append)
+    assert any("rejected K0V-ZRICH_pickles1998.txt" in m and "zero" in m for m in messages), messages
+    assert arrays["name"].tolist() == ["G2V", "M2.5V"]
+    assert arrays["scale"].tolist() == pytest.approx([4.2, 6.25])
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as d:
+        assert d["flux"].dtype == np.float32 and d["flux"].shape == (2, conv.GRID_PIXELS)
+        grid = d["wavelength"]
+        np.testing.assert_allclose(d["flux"][1], grid / 5000.0, rtol=1e-5)
+
+
+def test_bundled_templates():
+    t = sp.load_templates()
+    assert len(t) == 44  # 45 files, K0V-ZRICH (all zeros) rejected
+    assert "K0V-ZRICH" not in t.name and "M2.5V" in t.name and "G5V-ZPOOR" in t.name
+    assert np.bincount(t.class_index, minlength=7).tolist() == [2, 6, 5, 9, 8, 6, 8]
+    assert t.flux.dtype == np.float32 and t.flux.shape == (44, 2048)
+    assert t.wavelength[0] == pytest.approx(3500.0) and t.wavelength[-1] == pytest.approx(9500.0)
+    np.testing.assert_allclose(np.median(t.flux, axis=1), 1.0, rtol=1e-6)
+    assert t.scale[list(t.name).index("G2V")] == pytest.approx(4.2)
+    assert np.all(np.diff(t.scale) >= 0)
+    # Metal-poor/rich variants keep class and subtype.
+    assert t.scale[list(t.name).index("F8V-ZRICH")] == t.scale[list(t.name).index("F8V")]
+
+
+# ----------------------------------------------------------------------------- simulator
+
+
+def _line_template(centre: float = 6000.0, fwhm: float = 2.0, depth: float = 0.8):
+    wave = np.exp(np.linspace(np.log(3500.0), np.log(9500.0), 8192))
+    sig = fwhm / 2.3548
+    flux = 1.0 - depth * np.exp(-0.5 * ((wave - centre) / sig) ** 2)
+    return wave, flux[None, :].astype(np.float32)
+
+
+def _sim(tpl, grid, rv=0.0, res=5000.0, ebv=0.0, snr=0.0, n=1, rng=None, normalise=None, idx=0):
+    z = np.zeros(n)
+    i = np.full(n, idx)
+    return sp.simulate(tpl, i, i, z, z + rv, z + res, z + ebv, z + snr, grid, rng, normalise)
+
+
+def _line_centre(flux: np.ndarray) -> float:
+    depth = 1.0 - flux
+    j = int(np.argmax(depth))
+    win = slice(j - 6, j + 7)
+    x = np.arange(len(flux))[win]
+    return float(np.sum(x * depth[win]) / np.sum(depth[win]))
+
+
+def test_rv_shift_moves_line_by_expected_pixels():
+    tpl = _line_template()
+    grid = sp.model_grid(5500.0, 6500.0, 1024)
+    dln = np.log(grid[1] / grid[0])
+    c0 = _line_centre(_sim(tpl, grid)[0])
+    for rv in (300.0, -250.0):
+        beta = rv / sp.C_KMS
+        expected = 0.5 * np.log((1 + beta) / (1 - beta)) / dln  # ~6 pixels
+        shift = _line_centre(_sim(tpl, grid, rv=rv)[0]) - c0
+        assert shift == pytest.approx(expected, abs=0.05), (rv, shift, expected)
+    assert c0 == pytest.approx(np.log(6000.0 / grid[0]) / dln, abs=0.05)
+
+
+def test_lsf_broadening_lowers_line_depth_and_conserves_flux():
+    tpl = _line_template()
+    grid = sp.model_grid(5500.0, 6500.0, 1024)
+    sharp, broad = _sim(tpl, grid, res=5000.0)[0], _sim(tpl, grid, res=500.0)[0]
+    assert 1.0 - broad.min() < 0.5 * (1.0 - sharp.min())
+    # Convolution preserves the equivalent width.
+    assert np.sum(1.0 - broad) == pytest.approx(np.sum(1.0 - sharp), rel=0.02)
+
+
+@pytest.mark.parametrize("snr", [5.0, 20.0, 100.0])
+def test_noise_matches_requested_snr(snr):
+    t = sp.load_templates()
+    grid = sp.model_grid()
+    m = list(t.name).index("M4V")  # a strongly structured spectrum
+    rng = np.random.default_rng(1)
+    clean = _sim(t, grid, idx=m)[0]
+    noisy = _sim(t, grid, snr=snr, n=400, rng=rng, idx=m)
+    sigma = (noisy - clean).std(axis=0)
+    measured = np.median(clean / sigma)
+    assert measured == pytest.approx(snr, rel=0.10)
+    assert np.mean(noisy - clean) == pytest.approx(0.0, abs=3 * np.median(clean) / snr / np.sqrt(noisy.size))
+
+
+def test_reddening_lowers_blue_to_red_ratio_with_ccm89():
+    t = sp.load_templates()
+    grid = sp.model_grid()
+    g = list(t.name).index("G2V")
+    blue, red = (grid > 4000) & (grid < 4500), (grid > 8000) & (grid < 8500)
+    ratios = [float(f[blue].mean() / f[red].mean()) for f in (_sim(t, grid, ebv=e, idx=g)[0] for e in (0.0, 0.25, 0.5))]
+    assert ratios[0] > ratios[1] > ratios[2]
+    # A(B) - A(V) = E(B-V) by definition: CCM89 at 4400 / 5500 A with R_V = 3.1.
+    k = sp.ccm89_extinction(np.array([4400.0, 5500.0]))
+    assert (k[0] - k[1]) * sp.R_V == pytest.approx(1.0, abs=0.03)
+    assert k[1] == pytest.approx(1.0, abs=0.01)
+
+
+def test_continuum_normalisation_and_mixing():
+    t = sp.load_templates()
+    grid = sp.model_grid()
+    rng = np.random.default_rng(0)
+    n = 64
+    a, b, w, scale = sp.sample_mixtures(t.scale, n, rng, mix_fraction=1.0)
+    args = (a, b, w, rng.uniform(-300, 300, n), np.full(n, 1000.0), rng.uniform(0, 0.5, n), np.full(n, 20.0))
+    med = sp.simulate(t, *args, grid, rng, "median")
+    poly = sp.simulate(t, *args, grid, rng, "poly")
+    np.testing.assert_allclose(np.median(med, axis=1), 1.0, atol=1e-5)
+    # Envelope fit: lines sit below a continuum of ~1 (K/M stars are line-blanketed, so lower medians).
+    pm = np.median(poly, axis=1)
+    assert np.all(np.abs(pm[scale < 5] - 1.0) < 0.05) and np.all((pm > 0.75) & (pm < 1.02))
+    # Mixtures lie between adjacent levels and carry the interpolated label.
+    np.testing.assert_allclose(scale, (1 - w) * t.scale[a] + w * t.scale[b], atol=1e-5)
+    levels = np.unique(t.scale)
+    assert np.all(np.searchsorted(levels, t.scale[b]) - np.searchsorted(levels, t.scale[a]) <= 1)
+    assert np.all((w > 0) & (w < 1) | (t.scale[a] == t.scale[b]) | (w == 0) | (w == 1))
+    assert sp.spectral_type(4.23) == "G2.3" and sp.spectral_type(4.95, class_index=5) == "K0.0"
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def test_leave_templates_out_split_is_disjoint():
+    t = sp.load_templates()
+    d = task_mod.SpectraData(num_train=200, val_per_type=3, test_per_snr=2, num_pixels=256)
+    splits, parts = task_mod.build_splits(d, t)
+    sets = {k: set(v.tolist()) for k, v in parts.items()}
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
+    assert sets["train"] | sets["val"] | sets["test"] == set(range(len(t)))
+    assert set(t.class_index[parts["train"]].tolist()) == set(range(7))
+    # All metallicity variants of a held-out type are held out together.
+    assert {"G5V", "G5V-ZPOOR", "G5V-ZRICH"} <= set(t.name[parts["test"]])
+    assert set(splits["train"]["template"]) | set(splits["train"]["template_b"]) <= sets["train"]
+    assert set(splits["val"]["template"]) == sets["val"] and set(splits["test"]["template"]) == sets["test"]
+    assert sorted(set(splits["test"]["snr"].tolist())) == [5.0, 10.0, 20.0, 50.0, 100.0]
+    assert splits["train"]["flux"].shape == (200, 256) and splits["train"]["flux"].dtype == np.float32
+    np.testing.assert_array_equal(splits["train"]["label"], np.floor(splits["train"]["subtype"] + 1e-6))
+    again, _ = task_mod.build_splits(d, t)  # deterministic from the seed
+    np.testing.assert_array_equal(again["test"]["flux"], splits["test"]["flux"])
+    with pytest.raises(ConfigError, match="without training templates"):
+        task_mod.template_split(t, ["O5V"], ["O9V"])
+    with pytest.raises(ConfigError, match="unknown spectral type"):
+        task_mod.template_split(t, ["X1V"], [])
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_spectral_convolution_shape_and_wavelength_gain():
+    layer = SpectralConvolution(2, 3, 5, 32, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 32, 2))
+    y = layer(x)
+    assert y.shape == (4, 32, 3)
+    np.testing.assert_allclose(y, layer.conv(x), atol=1e-6)  # starts as a plain convolution
+    # Translation-equivariant with unit gain (away from the edges) ...
+    y_shift = layer(jnp.roll(x, 3, axis=1))
+    np.testing.assert_allclose(y_shift[:, 8:24], jnp.roll(y, 3, axis=1)[:, 8:24], atol=1e-5)
+    # ... but the per-wavelength gain/offset act on single pixels only.
+    layer.gain[...] = layer.gain[...].at[10].set(0.0)
+    layer.offset[...] = layer.offset[...].at[10, 1].set(2.0)
+    y2 = layer(x)
+    np.testing.assert_allclose(y2[:, 10, 0], 0.0, atol=1e-7)
+    np.testing.assert_allclose(y2[:, 10, 1], 2.0, atol=1e-6)
+    np.testing.assert_allclose(np.delete(np.asarray(y2), 10, axis=1), np.delete(np.asarray(y), 10, axis=1), atol=1e-6)
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(layer)
+    assert float(jnp.abs(grads.gain[...]).sum()) > 0
+    with pytest.raises(ValueError, match="expects"):
+        layer(jnp.zeros((1, 16, 2)))
+
+
+def test_cnn_batchnorm_train_vs_eval():
+    model = SpectrumCNN(64, 7, channels=(4, 4), hidden=8, dropout=0.1, rngs=nnx.Rngs(0))
+    x = 1.0 + 0.1 * jax.random.normal(jax.random.key(0), (8, 64))
+    logits, scale = model(x)
+    assert logits.shape == (8, 7) and scale.shape == (8,)
+    # Eval mode uses running averages: one example's output does not depend on its batch.
+    np.testing.assert_allclose(model(x[:1])[0], logits[:1], atol=1e-5)
+    before = np.asarray(model.norms[0].mean[...])
+    model(x, train=True, rng=jax.random.key(1))
+    assert not np.allclose(before, np.asarray(model.norms[0].mean[...]))
+    with pytest.raises(ValueError, match="rng"):
+        model(x, train=True)
+
+
+# ----------------------------------------------------------------------------- user spectra
+
+
+def _user_spectrum(name: str = "G2V"):
+    t = sp.load_templates()
+    wave = np.arange(3600.0, 9300.0, 2.0)
+    return wave, np.interp(wave, t.wavelength, t.flux[list(t.name).index(name)])
+
+
+def _write_csv(path: Path, wave, flux, header=("wavelength", "flux")):
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(zip(wave, flux))
+
+
+def _write_fits_image(path: Path, name: str = "M3V"):
+    t = sp.load_templates()
+    loglam = np.arange(np.log10(3650.0), np.log10(9250.0), 1e-4)
+    flux = np.interp(10**loglam, t.wavelength, t.flux[list(t.name).index(name)])
+    hdu = fits.PrimaryHDU(flux.astype(np.float32))
+    hdu.header.update({"CRVAL1": loglam[0], "CDELT1": 1e-4, "CRPIX1": 1.0, "DC-FLAG": 1})
+    hdu.writeto(path)
+    return 10**loglam, flux
+
+
+def test_user_spectra_fits_and_csv_agree(tmp_path):
+    grid = sp.model_grid()
+    wave, flux = _user_spectrum("G2V")
+    _write_csv(tmp_path / "g.csv", wave, flux)
+    cols = [fits.Column(name="WAVE", format="D", array=wave), fits.Column(name="FLUX", format="D", array=flux)]
+    fits.BinTableHDU.from_columns(cols).writeto(tmp_path / "g_table.fits")
+    lw, lf = _write_fits_image(tmp_path / "g_image.fits", "G2V")
+    spectra, names = sp.load_user_spectra(tmp_path, grid)
+    assert names == ["g.csv", "g_image.fits", "g_table.fits"]
+    np.testing.assert_allclose(np.median(spectra, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(spectra[0], spectra[2], atol=1e-6)
+    np.testing.assert_allclose(spectra[0], spectra[1], atol=0.03)  # log-WCS image, different sampling
+    expected = sp.normalise_continuum(sp.simulate(sp.load_templates(), *([np.array([25])] * 2), np.zeros(1),
+                                                  np.zeros(1), np.full(1, 5000.0), np.zeros(1), np.zeros(1), grid, None,
+                                                  None), grid)
+    assert sp.load_templates().name[25] == "G2V"
+    assert np.median(np.abs(spectra[0] - expected[0])) < 0.02
+
+
+def test_user_spectrum_errors(tmp_path):
+    grid = sp.model_grid()
+    wave, flux = _user_spectrum()
+    bad = wave.copy()
+    bad[100] = bad[99]
+    _write_csv(tmp_path / "order.csv", bad, flux)
+    with pytest.raises(DataError, match=r"order\.csv: wavelengths must increase, but row 100 has 3798 and row 101 has 3798"):
+        sp.load_user_spectra(tmp_path / "order.csv", grid)
+    nan = flux.copy()
+    nan[:400] = np.nan
+    _write_csv(tmp_path / "nan.csv", wave, nan)
+    with pytest.raises(DataError, match=rf"nan\.csv: 400 of {len(wave)} pixels are NaN"):
+        sp.load_user_spectra(tmp_path / "nan.csv", grid)
+    few = flux.copy()
+    few[1000:1010] = np.nan  # a few NaNs are dropped, not fatal
+    _write_csv(tmp_path / "few.csv", wave, few)
+    assert np.isfinite(sp.load_user_spectra(tmp_path / "few.csv", grid)[0]).all()
+    short = wave < 8000
+    _write_csv(tmp_path / "short.csv", wave[short], flux[short])
+    with pytest.raises(DataError, match=r"short\.csv: covers 3600\.0-7998\.0 A but the model grid needs 3798\.\d-9003\.\d A"):
+        sp.load_user_spectra(tmp_path / "short.csv", grid)
+    _write_csv(tmp_path / "cols.csv", wave, flux, header=("x", "y"))
+    with pytest.raises(DataError, match=r"cols\.csv: no wavelength column; expected one of .* found \['x', 'y'\]"):
+        sp.load_user_spectra(tmp_path / "cols.csv", grid)
+    (tmp_path / "spec.txt").write_text("1 2\n")
+    with pytest.raises(DataError, match="unsupported file type"):
+        sp.load_user_spectra(tmp_path / "spec.txt", grid)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no spectrum files"):
+        sp.load_user_spectra(empty, grid)
+    fits.PrimaryHDU(np.ones(50, np.float32)).writeto(tmp_path / "nowcs.fits")
+    with pytest.raises(DataError, match="CRVAL1"):
+        sp.load_user_spectra(tmp_path / "nowcs.fits", grid)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_evaluate_predict(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("train", "spectra", "--run-dir", str(run_dir), *set_args(TINY), check=True)
+    report = json.loads((run_dir / "eval" / "test.json").read_text())
+    for key in ("accuracy", "confusion_matrix", "subtype_mae", "per_snr", "per_template", "targets"):
+        assert key in report, key
+    assert sorted(report["per_snr"], key=float) == ["5", "10", "20", "50", "100"]
+    assert report["n"] == 10 * 5 * 2 and np.asarray(report["confusion_matrix"]).sum() == report["n"]
+    assert set(report["per_template"]) == {"O9V", "B3V", "A3V", "F5V", "F5V-ZPOOR", "G5V", "G5V-ZPOOR",
+                                           "G5V-ZRICH", "K3V", "M3V"}
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [m for m in metrics if "val_loss" in m]
+    assert val and all(np.isfinite(m["val_loss"]) and "val_subtype_mae" in m and "val_accuracy" in m for m in val)
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    wave, flux = _user_spectrum("K0V")
+    _write_csv(inputs / "star_a.csv", wave, flux)
+    _write_fits_image(inputs / "star_b.fits", "M3V")
+    out = tmp_path / "pred.csv"
+    run_cli("predict", str(run_dir), "--input", str(inputs), "--output", str(out), check=True)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["file"] for r in rows] == ["star_a.csv", "star_b.fits"]
+    for r in rows:
+        probs = [float(r[f"p_{c}"]) for c in "OBAFGKM"]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert r["predicted_class"] == "OBAFGKM"[int(np.argmax(probs))]
+        assert re.fullmatch(r"[OBAFGKM]\d\.\d", r["spectral_type"]) and r["spectral_type"][0] == r["predicted_class"]
+        assert np.isfinite(float(r["type_scale"]))
