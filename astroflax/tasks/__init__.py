@@ -6,6 +6,7 @@ from astroflax.errors import ConfigError
 from astroflax.tasks.base import Dataset, Task
 
 _REGISTRY: dict[str, Task] = {}
+_BUILTINS_LOADED = False
 
 
 def register(task: Task) -> Task:
@@ -17,6 +18,8 @@ def register(task: Task) -> Task:
 
 def _load_builtin() -> None:
     # Imported lazily so that `astroflax --help` stays fast.
+    global _BUILTINS_LOADED
+    _BUILTINS_LOADED = True
     from astroflax.tasks import transients  # noqa: F401
     from astroflax.tasks import variables  # noqa: F401
     from astroflax.tasks import morphology  # noqa: F401
@@ -26,7 +29,9 @@ def _load_builtin() -> None:
 
 
 def all_tasks() -> dict[str, Task]:
-    if not _REGISTRY:
+    # A flag, not "is the registry empty": importing one task module directly (as a
+    # test or a user script may) registers that task alone and must not hide the rest.
+    if not _BUILTINS_LOADED:
         _load_builtin()
     return dict(sorted(_REGISTRY.items()))
 
