@@ -21,25 +21,141 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class OptimConfig(_Strict):
-    """How gradients become updates (an Optax chain)."""
+class LookaheadConfig(_Strict):
+    """Lookahead (Zhang et al. 2019) around the chosen optimiser."""
 
-    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="optimiser")
+    enabled: bool = Field(False, description="wrap the optimiser in optax.lookahead")
+    sync_period: int = Field(6, ge=1, description="fast steps between synchronisations (k)")
+    slow_step_size: float = Field(0.5, gt=0, le=1, description="slow-weight interpolation factor (alpha)")
+
+
+class LrRule(_Strict):
+    """One learning-rate multiplier rule: parameters whose path matches ``pattern`` learn ``factor`` x faster."""
+
+    pattern: str = Field(..., description="regular expression searched in the parameter path, e.g. '^head_'")
+    factor: float = Field(..., gt=0, description="multiplier on the learning rate of matched parameters")
+
+
+class LayerDecayConfig(_Strict):
+    """Layer-wise learning-rate decay (LLRD) for stacked layers: deeper layers learn faster."""
+
+    factor: float | None = Field(None, gt=0, le=1, description="decay per layer; null disables. Layer i of L gets factor**(L-i)")
+    layer_pattern: str = Field(
+        r"(?:^|\.)layers\.(\d+)(?:\.|$)", description="regex whose first group is the layer index in the parameter path"
+    )
+    embed_pattern: str | None = Field(
+        None, description="regex of input-side parameters (before layer 0): they get factor**(L+1); others get 1"
+    )
+
+
+class EmaConfig(_Strict):
+    """Exponential moving average of the weights (kept in the optimiser state, so checkpointed)."""
+
+    decay: float | None = Field(None, ge=0, lt=1, description="ema <- decay*ema + (1-decay)*params; null disables")
+    every: int = Field(1, ge=1, description="update the average every N optimiser updates")
+
+
+class SwaConfig(_Strict):
+    """Stochastic weight averaging: an equal-weight running mean of the weights from a chosen step."""
+
+    start_step: int | None = Field(None, ge=0, description="first step included in the average; null disables")
+    every: int = Field(1, ge=1, description="add the weights to the average every N steps")
+    bn_batches: int = Field(50, ge=1, description="training batches used to recompute batch-norm statistics at the end")
+
+
+class LossScaleConfig(_Strict):
+    """Dynamic loss scaling for float16 (no effect in other precisions)."""
+
+    init: float = Field(2.0**15, gt=0, description="initial loss scale")
+    period: int = Field(2000, ge=1, description="finite steps before the scale grows")
+    factor: float = Field(2.0, gt=1, description="growth factor; the scale is divided by it on overflow")
+    min_scale: float = Field(1.0, gt=0, description="the scale never drops below this")
+
+
+class RegularizationConfig(_Strict):
+    """Penalties added to the task's loss, and label smoothing passed to classifiers."""
+
+    l2: float = Field(0.0, ge=0, description="adds l2/2 * sum(p**2) over decayed parameters (see optim.decay_mask)")
+    grad_norm_penalty: float = Field(0.0, ge=0, description="adds this * ||grad loss||^2 (double backprop, ~2-3x slower)")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="classifiers: smooth one-hot targets by this (passed as batch['_label_smoothing'])"
+    )
+
+
+class OptimConfig(_Strict):
+    """How gradients become updates: one Optax transformation built from these keys (see docs/optimisation.md)."""
+
+    name: Literal["adamw", "adam", "sgd", "rmsprop", "lamb", "lion", "adafactor"] = Field("adamw", description="optimiser")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay (adamw)")
-    b1: float = Field(0.9, ge=0, lt=1, description="first-moment decay")
-    b2: float = Field(0.999, ge=0, lt=1, description="second-moment decay")
+    weight_decay: float = Field(
+        1e-4, ge=0, description="decoupled weight decay (adamw, lamb, lion, adafactor; adam/sgd/rmsprop ignore it)"
+    )
+    b1: float = Field(0.9, ge=0, lt=1, description="first-moment decay (adam, adamw, lamb, lion)")
+    b2: float = Field(0.999, ge=0, lt=1, description="second-moment decay (adam, adamw, lamb, lion)")
     eps: float = Field(1e-8, gt=0, description="numerical epsilon")
-    momentum: float = Field(0.9, ge=0, lt=1, description="momentum (sgd)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum (sgd, rmsprop when > 0)")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd, rmsprop)")
+    rms_decay: float = Field(0.9, ge=0, lt=1, description="decay of the squared-gradient average (rmsprop)")
+    centered: bool = Field(False, description="centred rmsprop")
     clip_norm: float | None = Field(1.0, gt=0, description="global-norm clipping; null disables")
+    clip_value: float | None = Field(None, gt=0, description="clip every gradient element to [-v, v]; null disables")
+    decay_mask: Literal["auto", "all"] = Field(
+        "auto", description="auto: no weight decay on biases, norm scales and 1-d params; all: decay everything"
+    )
+    no_decay: list[str] = Field(default_factory=list, description="extra regexes of parameter paths without weight decay")
+    accumulate_steps: int = Field(1, ge=1, description="gradient accumulation over k micro-batches (optax.MultiSteps)")
+    lookahead: LookaheadConfig = Field(default_factory=LookaheadConfig, description="lookahead wrapper")
+    lr_multipliers: list[LrRule] = Field(
+        default_factory=list, description="[{pattern, factor}]: per-parameter learning-rate multipliers (first match wins)"
+    )
+    layer_decay: LayerDecayConfig = Field(default_factory=LayerDecayConfig, description="layer-wise lr decay")
+    freeze: list[str] = Field(default_factory=list, description="regexes of parameter paths that are not trained")
+    train_only: list[str] | None = Field(None, description="if set, every parameter NOT matching one of these is frozen")
+    ema: EmaConfig = Field(default_factory=EmaConfig, description="exponential moving average of the weights")
+    swa: SwaConfig = Field(default_factory=SwaConfig, description="stochastic weight averaging")
+    precision: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="compute dtype; parameters and optimiser state stay float32"
+    )
+    loss_scale: LossScaleConfig = Field(default_factory=LossScaleConfig, description="dynamic loss scaling (float16)")
+    regularization: RegularizationConfig = Field(default_factory=RegularizationConfig, description="loss penalties")
+
+    @model_validator(mode="after")
+    def _valid_patterns(self) -> "OptimConfig":
+        import re
+
+        pats = [*self.no_decay, *self.freeze, *(self.train_only or []), *(r.pattern for r in self.lr_multipliers),
+                self.layer_decay.layer_pattern, *([self.layer_decay.embed_pattern] if self.layer_decay.embed_pattern else [])]
+        for p in pats:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"{p!r} is not a valid regular expression ({exc})") from None
+        return self
 
 
 class ScheduleConfig(_Strict):
-    """Learning rate against step."""
+    """Learning rate against step: an optional linear warm-up joined to a decay (optax.join_schedules)."""
 
-    name: Literal["warmup_cosine", "constant"] = Field("warmup_cosine", description="schedule")
-    warmup_steps: int = Field(100, ge=0, description="linear warm-up from 0 to the peak")
-    end_factor: float = Field(0.01, ge=0, le=1, description="final lr as a fraction of the peak")
+    name: Literal["warmup_cosine", "constant", "linear", "exponential", "cosine", "piecewise"] = Field(
+        "warmup_cosine", description="schedule (constant never warms up; the others warm up for warmup_steps)"
+    )
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up from warmup_start_factor*peak to the peak")
+    warmup_start_factor: float = Field(0.0, ge=0, le=1, description="lr at step 0 as a fraction of the peak")
+    end_factor: float = Field(0.01, ge=0, le=1, description="final lr as a fraction of the peak (linear/cosine; floor of exponential)")
+    decay_steps: int | None = Field(None, ge=1, description="length of the decay after warm-up; null = to the last step")
+    decay_rate: float = Field(0.5, gt=0, description="exponential: lr multiplied by this every transition_steps")
+    transition_steps: int = Field(1000, ge=1, description="exponential: steps per decay_rate factor")
+    staircase: bool = Field(False, description="exponential: decay in discrete jumps")
+    boundaries: list[int] = Field(default_factory=list, description="piecewise: steps (absolute) where the lr is rescaled")
+    scales: list[float] = Field(default_factory=list, description="piecewise: factor applied at each boundary (cumulative)")
+
+    @model_validator(mode="after")
+    def _piecewise(self) -> "ScheduleConfig":
+        if len(self.boundaries) != len(self.scales):
+            raise ValueError(f"boundaries ({len(self.boundaries)}) and scales ({len(self.scales)}) need the same length")
+        if self.boundaries != sorted(self.boundaries) or any(b < 0 for b in self.boundaries):
+            raise ValueError("boundaries must be non-negative and increasing")
+        return self
 
 
 class EarlyStoppingConfig(_Strict):

@@ -21,6 +21,8 @@ from astroflax.evaluate import classification as clf
 def weighted_cross_entropy(logits: jax.Array, batch: dict, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
     """Softmax cross-entropy weighted by ``sample_weight`` (if any) and the eval pad mask ``_weight``."""
     labels = batch["label"]
+    # The train step passes the configured regulariser in the batch (see train/step.py).
+    label_smoothing = batch.get("_label_smoothing", label_smoothing)
     if label_smoothing:
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
         per_example = optax.softmax_cross_entropy(logits, targets)

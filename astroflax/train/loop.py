@@ -92,8 +92,13 @@ def train_and_evaluate(
     *,
     resume: bool | None = None,
     console: Console | None = None,
+    init_params: Any = None,
 ) -> TrainResult:
-    """Train ``cfg`` in its run directory. ``resume``: None = resume if checkpoints exist."""
+    """Train ``cfg`` in its run directory. ``resume``: None = resume if checkpoints exist.
+
+    ``init_params(params) -> params`` (fine-tuning) replaces the freshly initialised parameters
+    of a new run (not of a resumed one) before the optimiser state is created.
+    """
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
     enable_compile_cache()
@@ -131,6 +136,8 @@ def train_and_evaluate(
     steps_per_epoch = max(1, num_train // cfg.train.batch_size)
 
     model = task.build_model(cfg, dataset.info, nnx.Rngs(params=cfg.train.seed))
+    if init_params is not None and not resuming:  # fine-tuning hook (astroflax/finetune.py)
+        nnx.update(model, init_params(nnx.state(model, nnx.Param)))
     tx, schedule = build_optimizer(cfg.optim, cfg.schedule, total_steps)
     graphdef, state = create_state(model, tx, cfg.train.seed)
     del model
@@ -151,7 +158,7 @@ def train_and_evaluate(
         saved_cfg_path.write_text(cfg.to_yaml())
     (run_dir / "data_info.json").write_text(json.dumps(json_safe(dataset.info), indent=1))
 
-    train_step = make_train_step(graphdef, tx, task.loss_fn, schedule)
+    train_step = make_train_step(graphdef, tx, task.loss_fn, schedule, cfg.optim)  # cfg.optim: precision/penalties
     jit_step = jax.jit(train_step, donate_argnums=(0, 1))
     predict = jax.jit(make_predict_step(graphdef, task.predict_fn))
     example = shard_batch({k: v[: cfg.train.batch_size] for k, v in train_arrays.items()}, mesh)
@@ -245,7 +252,8 @@ def train_and_evaluate(
                     else:
                         es = {**es, "bad_evals": es["bad_evals"] + 1}
                     bar.line(
-                        f"step {step}/{total_steps}  train loss {train_loss:.4f}  "
+                        f"step {step}/{total_steps}  train loss "
+                        + (f"{train_loss:.4f}  " if math.isfinite(train_loss) else "(not logged yet)  ")
                         + "  ".join(f"{k} {v:.4f}" for k, v in last_val.items())
                     )
                     if do_ckpt or improved:

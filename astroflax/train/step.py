@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from astroflax.config import OptimConfig
 from astroflax.tasks.base import Batch, LossFn
 from astroflax.train.state import TrainState
 
@@ -23,8 +24,25 @@ def make_train_step(
     tx: optax.GradientTransformation,
     loss_fn: LossFn,
     schedule: optax.Schedule,
+    optim: OptimConfig | None = None,
 ) -> Callable[[TrainState, dict, Batch], tuple[TrainState, dict]]:
-    """Returns ``step(state, acc, batch) -> (state, acc)``; ``acc`` sums metrics on device."""
+    """Returns ``step(state, acc, batch) -> (state, acc)``; ``acc`` sums metrics on device.
+
+    ``optim`` switches on the recipes that act on the loss rather than on the gradients:
+    compute precision (and float16 loss scaling), L2 / gradient-norm penalties and label
+    smoothing (passed to the task as ``batch["_label_smoothing"]``). ``tx`` must come from
+    ``build_optimizer`` with the same ``optim``.
+    """
+    from astroflax.train.optim import actual_lr, decay_mask_fn
+    from astroflax.train.precision import all_finite, compute_dtype, set_compute_dtype
+
+    reg = optim.regularization if optim is not None else None
+    dtype = compute_dtype(optim.precision) if optim is not None else None
+    loss_scaling = optim is not None and optim.precision == "float16"
+    l2 = reg.l2 if reg else 0.0
+    grad_penalty = reg.grad_norm_penalty if reg else 0.0
+    smoothing = reg.label_smoothing if reg else 0.0
+    l2_mask = decay_mask_fn(optim) if l2 else None
 
     def step(state: TrainState, acc: dict, batch: Batch) -> tuple[TrainState, dict]:
         # A fresh key per step derived from (seed key, step): identical after a resume.
@@ -32,21 +50,53 @@ def make_train_step(
 
         # The step travels with the batch for losses that change with training (e.g. KL warm-up).
         step_batch = {**batch, "_step": state.step}
+        if smoothing:
+            step_batch["_label_smoothing"] = float(smoothing)  # a Python float: tasks may branch on it
 
-        def compute(params):
-            model = nnx.merge(graphdef, params, state.model_state)
+        def task_loss(params):
+            # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics.
+            model = nnx.merge(graphdef, params, state.model_state, copy=True)
+            if dtype is not None:
+                set_compute_dtype(model, dtype)
             loss, aux = loss_fn(model, step_batch, rng, True)
             _, _, new_model_state = nnx.split(model, nnx.Param, ...)
-            return loss, (aux, new_model_state)
+            # Batch statistics keep their stored dtype whatever the compute dtype.
+            new_model_state = jax.tree.map(lambda n, o: n.astype(o.dtype), new_model_state, state.model_state)
+            return loss.astype(jnp.float32), (aux, new_model_state)
 
-        (loss, (aux, model_state)), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
+        def compute(params):
+            extra = {}
+            if grad_penalty:
+                (loss, inner), g = jax.value_and_grad(task_loss, has_aux=True)(params)
+                extra["grad_penalty"] = grad_penalty * jnp.square(optax.global_norm(g))
+            else:
+                loss, inner = task_loss(params)
+            if l2:
+                sq = jax.tree.map(lambda p, m: jnp.sum(jnp.square(p)) if m else 0.0, params, l2_mask(params))
+                extra["l2_penalty"] = 0.5 * l2 * sum(jax.tree.leaves(sq))
+            total = loss + sum(extra.values()) if extra else loss
+            scaled = total * state.opt_state.scale if loss_scaling else total
+            return scaled, (loss, inner, extra)
+
+        (_, (loss, (aux, model_state), extra)), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.global_norm(grads)
+        precision_metrics = {}
+        if loss_scaling:
+            grad_norm = grad_norm / state.opt_state.scale
+            precision_metrics = {
+                "loss_scale": state.opt_state.scale,
+                "skipped": jnp.logical_not(all_finite(grads)).astype(jnp.float32),
+            }
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
-            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            "grad_norm": grad_norm,
+            # The lr of this update: the schedule at the optimiser's own count (see optim.actual_lr).
+            "lr": actual_lr(state.opt_state, schedule, state.step),
             "nonfinite": jnp.logical_not(jnp.isfinite(loss)).astype(jnp.float32),
+            **extra,
+            **precision_metrics,
             **aux,
         }
         acc = {k: acc.get(k, 0.0) + v.astype(jnp.float32) for k, v in metrics.items()} | {
