@@ -157,6 +157,8 @@ def test_cli_train_evaluate_predict(tmp_path: Path):
     assert set(calls) <= {"smooth", "featured"}
     agree = [c["agree"] for c in gz["cutouts"] if c["agree"] is not None]
     assert gz["agreement"] == pytest.approx(np.mean(agree))
+    refs = [c["reference_call"] for c in gz["cutouts"] if c["reference_call"] is not None]
+    assert gz["constant_call_agreement"] == pytest.approx(max(refs.count("smooth"), refs.count("featured")) / 18)
     assert {c["reference_call"] for c in gz["cutouts"][:12]} == {"smooth", "featured"}
 
     inputs = tmp_path / "inputs"
@@ -184,3 +186,116 @@ def test_cli_train_evaluate_predict(tmp_path: Path):
     fits.PrimaryHDU(np.ones((2, 3, 20, 20), np.float32)).writeto(bad)
     with pytest.raises(DataError, match=r"bad.fits: FITS image has shape \(2, 3, 20, 20\); expected 2-D"):
         get_task("morphology").load_inputs(None, {"image_size": 32, "softening": 0.1}, bad)
+
+
+def _tiny_morphology_model(**model):
+    from types import SimpleNamespace
+
+    from flax import nnx
+
+    from astroflax.tasks import get_task
+
+    task = get_task("morphology")
+    cfg = SimpleNamespace(model={"widths": [8, 16], "dropout": 0.0, "space_to_depth": 1, **model})
+    return task, task.build_model(cfg, {"image_size": 16, "num_classes": 6}, nnx.Rngs(0))
+
+
+def test_trainer_updates_batch_stats_and_eval_freezes_them():
+    """The real train step (merge with copy=True inside jax.grad) updates BatchNorm running averages
+    with no per-task workaround; evaluation uses them frozen (an example's output ignores its batch)."""
+    from flax import nnx
+
+    from astroflax.config import OptimConfig, ScheduleConfig
+    from astroflax.train.optim import build_optimizer
+    from astroflax.train.state import create_state
+    from astroflax.train.step import init_accumulator, make_predict_step, make_train_step
+
+    task, model = _tiny_morphology_model(augment=False, desaturate=0.0, colour_jitter=0.0)
+    tx, schedule = build_optimizer(OptimConfig(), ScheduleConfig(name="constant"), 10)
+    graphdef, state = create_state(model, tx, 0)
+    r = np.random.default_rng(0)
+    batch = {"image": (2.0 + 3.0 * r.normal(size=(8, 16, 16, 3))).astype(np.float32),
+             "label": r.integers(0, 6, 8).astype(np.int32)}
+
+    def bn0(st):
+        m = nnx.merge(graphdef, st.params, st.model_state)
+        return m, np.asarray(m.cnn.norms[0].mean[...]), np.asarray(m.cnn.norms[0].var[...])
+
+    m0, mean0, var0 = bn0(state)
+    np.testing.assert_array_equal(mean0, 0.0)
+    np.testing.assert_array_equal(var0, 1.0)
+    h = np.asarray(m0.cnn.convs[0](jnp.asarray(batch["image"])))  # first conv output with the step's params
+    step = jax.jit(make_train_step(graphdef, tx, task.loss_fn, schedule))
+    names = [k for k in jax.eval_shape(step, state, init_accumulator([]), batch)[1] if k != "count"]
+    state1, acc = step(state, init_accumulator(names), batch)
+    assert np.isfinite(float(acc["loss"]))
+    _, mean1, var1 = bn0(state1)
+    # momentum 0.9: running = 0.9 * old + 0.1 * this batch's statistic
+    np.testing.assert_allclose(mean1, 0.1 * h.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(var1, 0.9 + 0.1 * h.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
+    state2, _ = step(state1, init_accumulator(names), batch)
+    assert not np.allclose(bn0(state2)[1], mean1)  # and keep moving step after step
+
+    predict = jax.jit(make_predict_step(graphdef, task.predict_fn))
+    full = np.asarray(predict(state2.params, state2.model_state, {"image": batch["image"]}))
+    alone = np.asarray(predict(state2.params, state2.model_state, {"image": batch["image"][:1]}))
+    np.testing.assert_allclose(alone[0], full[0], rtol=1e-4, atol=1e-6)
+    m2 = nnx.merge(graphdef, state2.params, state2.model_state)
+    task.loss_fn(m2, {**batch, "_weight": np.ones(8, np.float32)}, jax.random.key(0), False)  # eval-mode loss
+    np.testing.assert_array_equal(np.asarray(m2.cnn.norms[0].mean[...]), bn0(state2)[1])
+
+
+def test_colour_augmentation_keeps_band_order_and_weakens_colour():
+    """Per-band gains are one factor per (image, band); desaturation pulls bands together; no band swap."""
+    _, model = _tiny_morphology_model(augment=False, desaturate=0.0, colour_jitter=0.3)
+    r = np.random.default_rng(1)
+    x = np.abs(r.normal(size=(64, 16, 16, 3))).astype(np.float32) + 0.1
+    x[..., 0] += 2.0  # a strongly "blue" (g-bright) batch
+    y = np.asarray(jax.jit(model.augmented)(jnp.asarray(x), jax.random.key(3)))
+    gain = y / x
+    np.testing.assert_allclose(gain, np.broadcast_to(gain[:, :1, :1, :], gain.shape), rtol=1e-5)  # constant over pixels
+    g = gain[:, 0, 0, :]
+    assert 0.15 < np.log(g).std() < 0.45 and not np.allclose(g[:, 0], g[:, 1])
+    assert (y[..., 0].mean(axis=(1, 2)) > y[..., 1].mean(axis=(1, 2))).mean() > 0.95  # g stays brightest
+    _, grey = _tiny_morphology_model(augment=False, desaturate=1.0, colour_jitter=0.0)
+    z = np.asarray(jax.jit(grey.augmented)(jnp.asarray(x), jax.random.key(4)))
+    spread_in, spread_out = x.std(axis=-1).mean(axis=(1, 2)), z.std(axis=-1).mean(axis=(1, 2))
+    assert (spread_out <= spread_in + 1e-5).all() and (spread_out < 0.8 * spread_in).mean() > 0.5
+    np.testing.assert_allclose(z.mean(axis=-1), x.mean(axis=-1), rtol=1e-5)  # brightness kept
+
+
+def test_real_cutouts_take_the_user_file_path(tmp_path: Path):
+    """The bundled Galaxy Zoo cutouts become model inputs exactly as the same pixels read from PNG files."""
+    from PIL import Image
+
+    from astroflax.tasks import morphology as m
+
+    gz = m.load_galaxy_zoo_smoke()
+    for i in range(3):
+        Image.fromarray(gz["image_rgb"][i]).save(tmp_path / f"gz{i}.png")
+    info = {"image_size": 32, "softening": 0.1, "crop": 1.0}
+    from_files, names = im.load_images(tmp_path, 32, 1.0, 0.1)
+    bundled = m.galaxy_zoo_inputs(info)["image"][:3]
+    assert names == ["gz0.png", "gz1.png", "gz2.png"]
+    np.testing.assert_array_equal(from_files, bundled)
+
+
+def test_survey_display_is_stretched_quantised_and_nearly_grey_noise():
+    """Survey composites: 8-bit levels, lifted outskirts, and colour blurred like a JPEG (grey pixel noise)."""
+    cfg = gr.RenderConfig(image_size=48, stars_per_image=0.0, noise_band_correlation=0.0)
+    flux = gr.render_galaxies(np.array([0, 0, 4, 4, 5, 5]), cfg, seed=5)
+    disp = gr.survey_display(flux, seed=1)
+    assert disp.shape == flux.shape and disp.min() >= 0 and disp.max() <= 255
+    np.testing.assert_array_equal(disp, np.round(disp))
+    lin, shown = im.normalise(flux), im.normalise(disp)
+    border = np.hypot(*np.mgrid[0:48, 0:48] - 23.5) > 20
+
+    def colour_noise(x):
+        b = x[:, border]
+        return (b - b.mean(-1, keepdims=True)).std(), b.mean(-1).std()
+
+    c_lin, l_lin = colour_noise(lin)
+    c_disp, l_disp = colour_noise(shown)
+    assert c_lin > 0.8 * l_lin  # independent noise per band: strongly coloured
+    assert c_disp < 0.65 * (c_lin / l_lin) * l_disp  # composite: relative colour noise cut by > 1/3
+    assert l_disp > 1.3 * l_lin  # the display stretch lifts the sky noise

@@ -26,7 +26,7 @@ CLASS_NAMES: tuple[str, ...] = ("E", "S0", "Sa", "Sb", "Sc", "Irr")
 SMOOTH_CLASSES: tuple[str, ...] = ("E", "S0")  # Galaxy Zoo "smooth"; the rest are "featured"
 BANDS: tuple[str, ...] = ("g", "r", "i")
 ZEROPOINT = 22.5  # nanomaggies
-GENERATOR_VERSION = 2  # bump whenever the rendered pixels change for the same config
+GENERATOR_VERSION = 4  # bump whenever the rendered pixels change for the same config
 
 # Per class (E, S0, Sa, Sb, Sc, Irr): ranges drawn uniformly per galaxy.
 _BT = np.array([[0.85, 1.0], [0.45, 0.7], [0.3, 0.45], [0.12, 0.28], [0.0, 0.1], [0.0, 0.04]])
@@ -207,9 +207,11 @@ def render_galaxies(
     knot_frac = np.where(has_knots, knot_frac, 0.0)
 
     # Colours (with scatter) and component fluxes in r.
-    col_b = _colour_ratios(_BULGE_COL[0] + rng.normal(0, 0.05, n), _BULGE_COL[1] + rng.normal(0, 0.03, n))
-    col_d = _colour_ratios(_DISK_COL[labels, 0] + rng.normal(0, 0.06, n), _DISK_COL[labels, 1] + rng.normal(0, 0.04, n))
-    col_k = _colour_ratios(_KNOT_COL[0] + rng.normal(0, 0.08, n), _KNOT_COL[1] + rng.normal(0, 0.05, n))
+    # Scatter about the class means as wide as real galaxies' (~0.1 mag in g-r within a Hubble type:
+    # red spirals and blue early types exist), so colour overlaps between neighbouring classes.
+    col_b = _colour_ratios(_BULGE_COL[0] + rng.normal(0, 0.08, n), _BULGE_COL[1] + rng.normal(0, 0.05, n))
+    col_d = _colour_ratios(_DISK_COL[labels, 0] + rng.normal(0, 0.12, n), _DISK_COL[labels, 1] + rng.normal(0, 0.07, n))
+    col_k = _colour_ratios(_KNOT_COL[0] + rng.normal(0, 0.12, n), _KNOT_COL[1] + rng.normal(0, 0.07, n))
     f_bulge = flux_r * bt
     f_knots = flux_r * (1 - bt) * knot_frac
     f_disk = flux_r * (1 - bt) - f_knots
@@ -275,9 +277,12 @@ def survey_display(images: np.ndarray, seed: int) -> np.ndarray:
     """Mimic a survey's colour-composite PNG/JPEG: per-image asinh display stretch, clipping, 8-bit levels.
 
     Real cutouts (e.g. Galaxy Zoo's) arrive already stretched and quantised; training on a share of
-    images passed through this makes the model tolerate that. Output is in display units (0..255),
-    bands still g, r, i.
+    images passed through this makes the model tolerate that. Like a JPEG (4:2:0 chroma subsampling)
+    the composite keeps full-resolution brightness but blurred colour, so pixel noise comes out nearly
+    grey, as in real survey cutouts. Output is in display units (0..255), bands still g, r, i.
     """
+    from scipy.ndimage import gaussian_filter
+
     rng = np.random.default_rng(seed)
     n, size = images.shape[0], images.shape[1]
     x = images - np.median(images.reshape(n, -1, 3), axis=1)[:, None, None, :]
@@ -288,4 +293,9 @@ def survey_display(images: np.ndarray, seed: int) -> np.ndarray:
     y = np.arcsinh(x / (a * np.maximum(s, 1e-12))) / np.arcsinh(1 / a)
     gain = rng.uniform(0.6, 1.0, n)[:, None, None, None]
     offset = rng.uniform(0.0, 0.15, n)[:, None, None, None]
+    luma = y.mean(axis=-1, keepdims=True)
+    chroma = y - luma
+    blur = rng.uniform(0.7, 2.0, n) * size / 64  # chroma smoothing (px at size 64)
+    chroma = np.stack([gaussian_filter(c, (blur[i], blur[i], 0)) for i, c in enumerate(chroma)])
+    y = luma + chroma
     return np.round(np.clip(y * gain + offset, 0, 1) * 255).astype(np.float32)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["SmallCNN", "dihedral_augment", "fresh_batch_stats", "rotate_small_angle"]
+__all__ = ["SmallCNN", "dihedral_augment", "rotate_small_angle"]
 
 
 class SmallCNN(nnx.Module):
@@ -74,23 +74,6 @@ class SmallCNN(nnx.Module):
             keep = jax.random.bernoulli(jax.random.fold_in(rng, 1), 1.0 - self.dropout, h.shape)
             h = jnp.where(keep, h / (1.0 - self.dropout), 0.0)
         return self.head(h)
-
-
-def fresh_batch_stats(module: nnx.Module) -> None:
-    """Re-wrap every BatchNorm's running statistics in new ``nnx.BatchStat`` objects of the current trace.
-
-    If a model was merged inside ``jax.grad`` from a state captured outside it, its BatchStat
-    variables belong to the outer trace and BatchNorm's in-place update raises
-    ``TraceContextError`` (flax 0.12). Replacing the variable objects (same values, same graph
-    structure) makes the update legal and still visible to a later ``nnx.split(module)``.
-    Harmless when the merge already copied the state.
-    """
-    for _, sub in nnx.iter_modules(module):
-        if isinstance(sub, nnx.BatchNorm):
-            for name in ("mean", "var"):
-                var = getattr(sub, name, None)
-                if isinstance(var, nnx.BatchStat):
-                    setattr(sub, name, nnx.BatchStat(var[...]))
 
 
 def dihedral_augment(images: jax.Array, rng: jax.Array) -> jax.Array:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["SpectralConvolution", "SpectrumMLP", "SpectrumCNN", "refresh_batch_stats"]
+__all__ = ["SpectralConvolution", "SpectrumMLP", "SpectrumCNN"]
 
 SCALE_CENTRE = 3.5
 SCALE_SPREAD = 2.0
@@ -31,21 +31,6 @@ SCALE_SPREAD = 2.0
 
 def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(features, momentum=0.9, rngs=rngs)
-
-
-def refresh_batch_stats(module: nnx.Module) -> None:
-    """Re-wrap BatchNorm running statistics as variables of the current trace (same values).
-
-    The trainer merges the model inside ``jax.grad`` from state captured outside it; flax 0.12
-    then refuses BatchNorm's in-place update of those outer-trace variables (TraceContextError).
-    Fresh variable objects make the update legal and stay visible to the trainer's re-split.
-    """
-    for _, sub in nnx.iter_modules(module):
-        if isinstance(sub, nnx.BatchNorm):
-            for name in ("mean", "var"):
-                var = getattr(sub, name, None)
-                if isinstance(var, nnx.BatchStat):
-                    setattr(sub, name, nnx.BatchStat(var[...]))
 
 
 def _dropout(layer: nnx.Dropout, x: jax.Array, rng: jax.Array | None, i: int) -> jax.Array:

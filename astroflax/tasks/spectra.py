@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from astroflax.data import spectra as sp
 from astroflax.errors import ConfigError
-from astroflax.models.spectra import SpectrumCNN, SpectrumMLP, refresh_batch_stats
+from astroflax.models.spectra import SpectrumCNN, SpectrumMLP
 from astroflax.tasks import classify, register
 from astroflax.tasks.base import Dataset, Task
 
@@ -216,8 +216,6 @@ def _subtype_term(err_subtypes, kind: str, delta: float):
 
 
 def loss_fn(model, batch, rng, train: bool):
-    if train:
-        refresh_batch_stats(model)
     logits, scale = model(batch["flux"], train=train, rng=rng)
     ce, metrics = classify.weighted_cross_entropy(logits, batch)
     lam, kind, delta = model.loss_settings
