@@ -84,18 +84,24 @@ def train(
     )
     if evaluate_after:
         _evaluate(result.run_dir, "test", "best")
+    else:
+        from astroflax.report import write_report
+
+        err.print(f"Wrote {write_report(result.run_dir)}")
 
 
 # ------------------------------------------------------------------------ evaluate
 
 
-def _evaluate(run_dir: Path, split: str, checkpoint: str) -> dict:
+def _evaluate(run_dir: Path, split: str, checkpoint: str, mc_dropout: int = 0, weights: str = "raw") -> dict:
+    from astroflax.cli_trust import print_trust_summary
     from astroflax.evaluate.runner import evaluate_run
-    from astroflax.evaluate.tables import report_table
+    from astroflax.evaluate.tables import evaluation_table
 
-    report = evaluate_run(run_dir, split, checkpoint)
-    out.print(report_table(report, f"{report['task']} — {split} split, checkpoint step {report['checkpoint_step']}"))
+    report = evaluate_run(run_dir, split, checkpoint, mc_dropout=mc_dropout, weights=weights)
+    out.print(evaluation_table(report, f"{report['task']} — {split} split, checkpoint step {report['checkpoint_step']}"))
     out.print(f"Wrote {report['json_path']}")
+    print_trust_summary(report, out)
     return report
 
 
@@ -104,9 +110,11 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="run directory"),
     split: str = typer.Option("test", "--split", help="train, val or test"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, latest or a step number"),
+    mc_dropout: int = typer.Option(0, "--mc-dropout", help="also judge MC-dropout with N stochastic passes"),
+    weights: str = typer.Option("raw", "--weights", help="raw, ema or swa (averaged weights; see docs/optimisation.md)"),
 ) -> None:
-    """Evaluate a checkpoint of RUN_DIR on a split: table on screen, JSON and figures under RUN_DIR/eval."""
-    _evaluate(run_dir, split, checkpoint)
+    """Evaluate a checkpoint of RUN_DIR (a run or an ensemble) on a split: JSON, figures and report/index.html."""
+    _evaluate(run_dir, split, checkpoint, mc_dropout, weights)
 
 
 # ------------------------------------------------------------------------- predict
@@ -118,17 +126,29 @@ def predict(
     input: Path = typer.Option(..., "--input", "-i", help="input data (the task's layout, e.g. a directory of tables)"),
     output: Path = typer.Option(Path("predictions.csv"), "--output", "-o", help="CSV file to write"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, latest or a step number"),
+    weights: str = typer.Option("raw", "--weights", help="raw, ema or swa (averaged weights; see docs/optimisation.md)"),
+    mc_dropout: int = typer.Option(0, "--mc-dropout", help="average N stochastic (dropout) passes instead"),
 ) -> None:
-    """Predict with a trained run on new data; writes one row per object."""
-    from astroflax.runs import load_run
+    """Predict with a trained run (or ensemble) on new data; writes one row per object.
+
+    Classifier probabilities are temperature-scaled when the run's calibration.json matches the checkpoint.
+    """
+    from astroflax.evaluate.uncertainty import open_run, predict_outputs
 
     if not input.exists():
         raise AstroflaxError(f"--input {input}: no such file or directory")
     if not output.parent.exists() and str(output.parent) != "":
         raise AstroflaxError(f"--output {output}: directory {output.parent} does not exist")
-    run = load_run(run_dir, checkpoint)
+    if (run_dir / "manifest.json").is_file():  # an `astroflax export` directory (docs/export_format.md)
+        from astroflax.export.writer import predict_export_csv
+
+        err.print(predict_export_csv(run_dir, input, output, checkpoint, weights, mc_dropout), markup=False)
+        return
+    run = open_run(run_dir, checkpoint, weights)
     arrays, ids = run.task.load_inputs(run.cfg, run.info, input)
-    outputs = run.predict(arrays)
+    outputs, note = predict_outputs(run, arrays, mc_dropout, weights)
+    if note:
+        err.print(note, highlight=False, markup=False)
     rows = run.task.format_predictions(outputs, ids, run.info)
     tmp = output.with_name(output.name + ".tmp")
     with tmp.open("w", newline="") as fh:
@@ -174,7 +194,7 @@ def config_show(
 
 # Each module defines ``register(app: typer.Typer) -> None`` and imports heavy libraries
 # inside its commands, so that ``astroflax --help`` stays fast.
-EXTRA_COMMAND_MODULES: list[str] = []
+EXTRA_COMMAND_MODULES: list[str] = ["astroflax.cli_sample", "astroflax.cli_optim", "astroflax.cli_trust", "astroflax.cli_check"]
 
 
 def _register_extra_commands() -> None:

@@ -57,8 +57,12 @@ def read_config(run_dir: Path) -> ExperimentConfig:
     return finalize_config(yaml.safe_load(path.read_text()))
 
 
-def load_run(run_dir: str | Path, which: str | int = "best") -> LoadedRun:
-    """Rebuild the model of ``run_dir`` and restore checkpoint ``which`` (best, latest or a step)."""
+def load_run(run_dir: str | Path, which: str | int = "best", weights: str = "raw") -> LoadedRun:
+    """Rebuild the model of ``run_dir`` and restore checkpoint ``which`` (best, latest or a step).
+
+    ``weights``: ``raw`` (the trained parameters), ``ema`` or ``swa`` (averages kept in the
+    optimiser state when ``optim.ema`` / ``optim.swa`` were on; see train/averaging.py).
+    """
     enable_compile_cache()
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
@@ -74,6 +78,10 @@ def load_run(run_dir: str | Path, which: str | int = "best") -> LoadedRun:
     mesh = make_mesh()
     state = replicate(state, mesh)
     state, _, _ = ckpt.restore(step, abstract_like(state))
+    if weights != "raw":  # parameter averaging: evaluate/predict with the EMA or SWA weights
+        from astroflax.train.averaging import select_weights
+
+        state = select_weights(state, weights, cfg, task, graphdef, mesh)
     return LoadedRun(run_dir, cfg, task, info, step, state, graphdef, mesh)
 
 

@@ -225,14 +225,14 @@ def _find_table(directory: Path, stem: str, what: str) -> Path:
     return cands[0]
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """repr() of a cell value without numpy's ``np.int64(...)`` wrapping."""
     if isinstance(value, np.generic):
         value = value.item()
     return repr(value)
 
 
-class _Table:
+class Table:
     """A user table read with pandas, remembering how to name its rows in messages."""
 
     def __init__(self, path: Path):
@@ -302,12 +302,12 @@ class _Table:
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
             kind = "an integer" if integer else ("a finite number or empty" if allow_nan else "a finite number")
-            got = "an empty cell" if pd.isna(s.iloc[pos]) else _show(s.iloc[pos])
+            got = "an empty cell" if pd.isna(s.iloc[pos]) else show_value(s.iloc[pos])
             raise self.fail(column, pos, f"expected {kind}, got {got}", int(bad.sum()))
         return v.astype(np.int64) if integer else v
 
 
-def _parse_passband(tab: _Table) -> np.ndarray:
+def _parse_passband(tab: Table) -> np.ndarray:
     s = tab.df["passband"]
     text = s.astype("string").str.strip().str.lower().to_numpy(dtype=object, na_value=None)
     lut = {b: i for i, b in enumerate(PASSBANDS)}
@@ -323,11 +323,11 @@ def _parse_passband(tab: _Table) -> np.ndarray:
             out[i] = j
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise tab.fail("passband", pos, f"expected 0-5 or one of u g r i z y, got {_show(s.iloc[pos])}", int(bad.sum()))
+        raise tab.fail("passband", pos, f"expected 0-5 or one of u g r i z y, got {show_value(s.iloc[pos])}", int(bad.sum()))
     return out.astype(np.uint8)
 
 
-def _parse_detected(tab: _Table) -> np.ndarray:
+def _parse_detected(tab: Table) -> np.ndarray:
     s = tab.df["detected"]
     text = s.astype("string").str.strip().str.lower().to_numpy(dtype=object, na_value=None)
     lut = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "true": 1, "false": 0}
@@ -335,11 +335,11 @@ def _parse_detected(tab: _Table) -> np.ndarray:
     bad = np.array([v is None for v in vals], dtype=bool)
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise tab.fail("detected", pos, f"expected 0/1 or true/false, got {_show(s.iloc[pos])}", int(bad.sum()))
+        raise tab.fail("detected", pos, f"expected 0/1 or true/false, got {show_value(s.iloc[pos])}", int(bad.sum()))
     return np.asarray(vals, dtype=np.uint8)
 
 
-def _parse_labels(tab: _Table, class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+def _parse_labels(tab: Table, class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
     """Map ``target`` to class indices. Empty target -> -1.
 
     Integer targets are PLAsTiCC class ids (looked up in :data:`PLASTICC_CLASSES`);
@@ -379,12 +379,12 @@ def _parse_labels(tab: _Table, class_names: list[str] | None) -> tuple[np.ndarra
         allowed = f" or the PLAsTiCC class ids {ids}" if ids else ""
         raise tab.fail(
             "target", pos,
-            f"unknown label {_show(s.iloc[pos])}; expected one of the class names {names}{allowed}",
+            f"unknown label {show_value(s.iloc[pos])}; expected one of the class names {names}{allowed}",
             int(bad.sum()))
     return labels, names
 
 
-def _parse_split(tab: _Table) -> np.ndarray | None:
+def _parse_split(tab: Table) -> np.ndarray | None:
     if "split" not in tab.df.columns:
         return None
     s = tab.df["split"]
@@ -396,7 +396,7 @@ def _parse_split(tab: _Table) -> np.ndarray | None:
     bad = np.array([v is None for v in vals], dtype=bool)
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise tab.fail("split", pos, f"expected train/val/test (or 0/1/2), got {_show(s.iloc[pos])}", int(bad.sum()))
+        raise tab.fail("split", pos, f"expected train/val/test (or 0/1/2), got {show_value(s.iloc[pos])}", int(bad.sum()))
     return np.asarray(vals, dtype=np.uint8)
 
 
@@ -433,7 +433,7 @@ def load_user_lightcurves(directory: str | Path, class_names: list[str] | None =
     meta_path = _find_table(directory, "metadata", "metadata")
 
     # ---- light curves
-    lc = _Table(lc_path)
+    lc = Table(lc_path)
     lc.require(("object_id", "mjd", "passband", "flux", "flux_err"), aliases={"detected_bool": "detected"})
     if len(lc.df) == 0:
         raise DataError(f"{lc_path}: the table has no rows; expected at least one observation")
@@ -444,7 +444,7 @@ def load_user_lightcurves(directory: str | Path, class_names: list[str] | None =
     bad = flux_err <= 0
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise lc.fail("flux_err", pos, f"expected a positive uncertainty, got {_show(flux_err[pos])}", int(bad.sum()))
+        raise lc.fail("flux_err", pos, f"expected a positive uncertainty, got {show_value(flux_err[pos])}", int(bad.sum()))
     passband = _parse_passband(lc)
     if "detected" in lc.df.columns:
         detected = _parse_detected(lc)
@@ -452,7 +452,7 @@ def load_user_lightcurves(directory: str | Path, class_names: list[str] | None =
         detected = (np.abs(flux) / flux_err >= DETECTION_SNR).astype(np.uint8)
 
     # ---- metadata
-    md = _Table(meta_path)
+    md = Table(meta_path)
     md.require(("object_id",))
     if len(md.df) == 0:
         raise DataError(f"{meta_path}: the table has no rows; expected one row per object")

@@ -80,6 +80,8 @@ class Task:
     load_inputs: Callable[..., tuple[Arrays, np.ndarray]]
     format_predictions: Callable[..., list[dict[str, Any]]]
     host_keys: tuple[str, ...] = ("object_id",)  # arrays kept on the host (ids), never sent to devices
+    # Optional ``(model, batch, rng) -> outputs`` like predict_fn but with dropout on (MC-dropout).
+    predict_stochastic_fn: Callable[[nnx.Module, Batch, jax.Array], jax.Array] | None = None
 
     def device_arrays(self, arrays: Arrays) -> Arrays:
         return {k: v for k, v in arrays.items() if k not in self.host_keys}

@@ -48,6 +48,8 @@ class TransientsModel(BaseModel):
         "full", description="full: masked self-attention, O(L^2); induced: via learned latents, O(L) (Set Transformer)"
     )
     num_inducing: int = Field(16, ge=1, description="latent vectors of the induced attention")
+    obs_dropout: float = Field(0.0, ge=0, lt=1, description="training: fraction of observations dropped at random")
+    flux_jitter: float = Field(0.0, ge=0, description="training: flux noise added, in units of flux_err")
 
 
 def _to_arrays(lcs: lc.LightCurveSet, max_len: int, use_meta: bool, meta_mean=None, meta_std=None) -> dict:
@@ -127,6 +129,8 @@ def build_model(cfg, info: dict, rngs) -> TransientClassifier:
         meta_dim=info["meta_dim"],
         attention=m.attention,
         num_inducing=m.num_inducing,
+        obs_dropout=m.obs_dropout,
+        flux_jitter=m.flux_jitter,
         rngs=rngs,
     )
 
@@ -141,6 +145,12 @@ def loss_fn(model, batch, rng, train: bool):
 
 def predict_fn(model, batch) -> jax.Array:
     return jax.nn.softmax(model(_inputs(batch), train=False), axis=-1)
+
+
+def predict_stochastic_fn(model, batch, rng) -> jax.Array:
+    """Like predict_fn with dropout active (MC-dropout). train=True also applies model.obs_dropout /
+    flux_jitter when they are non-zero (then it is MC-dropout plus test-time augmentation)."""
+    return jax.nn.softmax(model(_inputs(batch), train=True, rng=rng), axis=-1)
 
 
 def load_inputs(cfg, info: dict, path: str | Path):
@@ -167,8 +177,8 @@ QUICK = {
 
 FULL = {
     "data": {"max_len": 192},
-    "model": {"d_model": 64, "num_heads": 4, "num_layers": 2, "dropout": 0.1},
-    "optim": {"lr": 1.5e-3, "weight_decay": 1e-4},
+    "model": {"d_model": 64, "num_heads": 4, "num_layers": 2, "dropout": 0.2, "obs_dropout": 0.2, "flux_jitter": 1.0},
+    "optim": {"lr": 1.5e-3, "weight_decay": 0.05},
     "schedule": {"warmup_steps": 200},
     "train": {"steps": 6000, "batch_size": 64, "eval_every": 300, "log_every": 100,
               "early_stopping": {"patience": 8}},
@@ -194,5 +204,6 @@ TASK = register(
         report=classify.report,
         load_inputs=load_inputs,
         format_predictions=format_predictions,
+        predict_stochastic_fn=predict_stochastic_fn,
     )
 )

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from astroflax.data import variable_sim as vs
-from astroflax.data.lightcurves import _show, _Table
+from astroflax.data.lightcurves import show_value, Table
 from astroflax.data.splits import stratified_split
 from astroflax.errors import ConfigError, DataError
 from astroflax.models.lightcurve import TransientClassifier
@@ -350,7 +350,7 @@ def read_table(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
         raise DataError(f"{path}: no such file; expected a CSV or Parquet table of visits")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; expected a CSV or Parquet table with columns object_id, time, band, mag, err")
-    tab = _Table(path)
+    tab = Table(path)
     df = tab.df
     tcol = next((c for c in ("time", "mjd") if c in df.columns), "time")
     vcol = next((c for c in ("mag", "flux") if c in df.columns), "mag")
@@ -368,12 +368,12 @@ def read_table(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     bad = e <= 0
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise tab.fail(ecol, pos, f"expected a positive uncertainty, got {_show(e[pos])}", int(bad.sum()))
+        raise tab.fail(ecol, pos, f"expected a positive uncertainty, got {show_value(e[pos])}", int(bad.sum()))
     if vcol == "flux":
         bad = v <= 0
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
-            raise tab.fail("flux", pos, f"expected a positive flux (it is converted to a magnitude), got {_show(v[pos])}", int(bad.sum()))
+            raise tab.fail("flux", pos, f"expected a positive flux (it is converted to a magnitude), got {show_value(v[pos])}", int(bad.sum()))
         e = 2.5 / np.log(10) * e / v
         v = -2.5 * np.log10(v)
     text = df["band"].astype("string").str.strip().str.lower().str.removesuffix(".0").to_numpy(dtype=object, na_value=None)
@@ -381,7 +381,7 @@ def read_table(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     bad = band < 0
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise tab.fail("band", pos, f"expected one of u g r i z, 0-4, B or V, got {_show(df['band'].iloc[pos])}", int(bad.sum()))
+        raise tab.fail("band", pos, f"expected one of u g r i z, 0-4, B or V, got {show_value(df['band'].iloc[pos])}", int(bad.sum()))
     codes, uniques = _factorize(oid_raw)
     order = np.lexsort((t, codes))
     counts = np.bincount(codes, minlength=len(uniques))
@@ -401,7 +401,7 @@ def load_inputs(cfg, info: dict, path: str | Path):
     """Model arrays for a visits table (see :func:`read_table`) and the table's object ids."""
     dcfg = VariablesData.model_validate(cfg.data)
     rows, ids = read_table(path)
-    names = [f"object_id {_show(x)} in {path}" for x in ids]
+    names = [f"object_id {show_value(x)} in {path}" for x in ids]
     p = pad_ragged(rows["offsets"], rows["time"], rows["mag"], rows["err"], rows["band"],
                    info["max_len"], info["years"], info["max_err"], names)
     arrays = _model_arrays(p["time"], p["mag"], p["err"], p["band"], p["mask"], dcfg)

@@ -1,0 +1,234 @@
+"""Post-hoc temperature scaling for classifiers (Guo et al. 2017, "On Calibration of Modern NNs").
+
+A single scalar ``T > 0`` divides the logits: ``p = softmax(z / T)``. It is fitted on the
+validation split by minimising the mean negative log-likelihood, so it never changes the
+predicted class (accuracy is unchanged) and only fixes over- or under-confidence. Tasks output
+probabilities, so the logits are recovered as ``log p`` (softmax is shift invariant, so
+``softmax(log p / T) == softmax(z / T)`` exactly).
+
+The fit is saved as ``<run_dir>/calibration.json`` together with the checkpoint step it was
+fitted for; ``evaluate`` and ``predict`` apply it only to that same checkpoint.
+
+Temperature scaling cannot fix miscalibration that comes from a class-weighted loss (e.g.
+``class_weighting: balanced``, which shifts probability towards rare classes): method
+``prior_temperature`` first undoes the weighting (logit offsets ``-log w_c``), then fits ``T``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import optimize, special
+
+from astroflax.errors import ConfigError
+from astroflax.evaluate import classification as clf
+
+CALIBRATION_FILE = "calibration.json"
+N_BINS = 15
+LOG_T_BOUNDS = (-4.6, 4.6)  # T in [0.01, 100]
+_TINY = np.finfo(np.float64).tiny
+
+
+# ------------------------------------------------------------------------------ the maths
+
+
+def probs_to_logits(probs: Any) -> np.ndarray:
+    """``log p`` in float64; probabilities that underflowed to 0 become very negative, not -inf."""
+    return np.log(np.maximum(np.asarray(probs, np.float64), _TINY))
+
+
+def softmax_t(logits: Any, temperature: float) -> np.ndarray:
+    return special.softmax(np.asarray(logits, np.float64) / float(temperature), axis=-1)
+
+
+def apply_temperature(probs: Any, temperature: float) -> np.ndarray:
+    """Rescale probabilities: ``softmax(log(p) / T)``, in the dtype of ``probs``."""
+    p = np.asarray(probs)
+    out = softmax_t(probs_to_logits(p), temperature)
+    return out.astype(p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64)
+
+
+def nll(logits: Any, labels: Any, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``labels`` under ``softmax(logits / T)``."""
+    z = np.asarray(logits, np.float64) / float(temperature)
+    y = np.asarray(labels, np.int64)
+    return float(np.mean(special.logsumexp(z, axis=-1) - z[np.arange(y.size), y]))
+
+
+def fit_temperature(logits: Any, labels: Any) -> float:
+    """The ``T`` minimising the NLL of ``softmax(logits / T)``; never worse than ``T = 1``.
+
+    The NLL is convex in ``1/T``, hence unimodal in ``log T``: a bounded 1-D Brent search is
+    exact enough and needs no gradients.
+    """
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    if z.ndim != 2 or y.shape != (z.shape[0],) or z.shape[0] == 0:
+        raise ValueError(f"need logits (N, K) and labels (N,), got {z.shape} and {y.shape}")
+    res = optimize.minimize_scalar(
+        lambda log_t: nll(z, y, math.exp(log_t)), bounds=LOG_T_BOUNDS, method="bounded",
+        options={"xatol": 1e-6},
+    )
+    t = float(math.exp(res.x))
+    return t if nll(z, y, t) <= nll(z, y, 1.0) else 1.0
+
+
+def calibration_metrics(probs: Any, labels: Any) -> dict[str, float]:
+    """The numbers reported before and after scaling (ECE with 15 equal-width bins)."""
+    p = np.asarray(probs, np.float64)
+    y = np.asarray(labels, np.int64)
+    return {
+        "ece": clf.expected_calibration_error(p, y, N_BINS),
+        "log_loss": clf.log_loss(p, y),
+        "flat_weighted_log_loss": clf.flat_weighted_log_loss(p, y, p.shape[1]),
+        "accuracy": float(np.mean(p.argmax(-1) == y)),
+    }
+
+
+def is_probability_output(outputs: Any, info: dict[str, Any]) -> bool:
+    """True for a classifier's class probabilities: ``(N, len(class_names))``, rows summing to 1.
+
+    This is how calibration and ensembling recognise classifiers without a flag in the Task
+    contract: every classifier keeps ``class_names`` in its ``info`` and outputs probabilities.
+    """
+    names = info.get("class_names")
+    p = np.asarray(outputs)
+    if not names or p.ndim != 2 or p.shape[1] != len(names) or p.shape[0] == 0:
+        return False
+    if not np.issubdtype(p.dtype, np.floating) or not np.all(np.isfinite(p)) or np.any(p < 0):
+        return False
+    return bool(np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
+
+
+# ------------------------------------------------------------------------ runs and files
+
+METHODS = ("temperature", "prior_temperature")
+
+
+def prior_offset(class_weights: Any) -> np.ndarray:
+    """Logit offsets ``-log w_c`` that undo a class-weighted loss (weights 0 = absent class: no offset).
+
+    A model trained with loss weights ``w_c`` estimates ``p(c|x) w_c / Z``; adding ``-log w_c``
+    to its logits restores the training-set class prior.
+    """
+    w = np.asarray(class_weights, np.float64)
+    return np.where(w > 0, -np.log(np.where(w > 0, w, 1.0)), 0.0)
+
+
+def apply_calibration(probs: Any, record: dict[str, Any]) -> np.ndarray:
+    """Apply a saved calibration record: ``softmax((log p + offset) / T)``."""
+    p = np.asarray(probs)
+    logits = probs_to_logits(p)
+    offset = record.get("logit_offset")
+    if offset is not None:
+        logits = logits + np.asarray(offset, np.float64)
+    out = softmax_t(logits, float(record["temperature"]))
+    return out.astype(p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64)
+
+
+def fit_calibration(raw_val_probs: np.ndarray, val_labels: np.ndarray, step: Any, weights: str = "raw",
+                    method: str = "temperature", class_weights: Any = None) -> dict[str, Any]:
+    """Fit on validation probabilities; returns the record saved as ``calibration.json``.
+
+    ``temperature``: plain temperature scaling (keeps every predicted class).
+    ``prior_temperature``: first undo the class weighting of the training loss (``class_weights``,
+    e.g. ``balanced``), then fit ``T``. This calibrates to the training-set class frequencies and
+    so changes predicted classes; a balanced-weighted model's flat-weighted log-loss gets worse.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"calibration method {method!r}: choose from {', '.join(METHODS)}")
+    logits = probs_to_logits(raw_val_probs)
+    offset = None
+    if method == "prior_temperature":
+        if class_weights is None:
+            raise ConfigError("calibration method 'prior_temperature': the run's info has no class_weights")
+        offset = prior_offset(class_weights)
+        if offset.shape != (logits.shape[1],):
+            raise ConfigError(f"class_weights has {offset.size} entries, expected {logits.shape[1]}")
+        logits = logits + offset
+    t = fit_temperature(logits, val_labels)
+    record = {
+        "method": method,
+        "temperature": t,
+        "logit_offset": None if offset is None else offset.tolist(),
+        "checkpoint_step": step,
+        "weights": weights,
+        "fitted_on": "val",
+        "n": int(len(val_labels)),
+        "n_bins": N_BINS,
+        "val_before": calibration_metrics(raw_val_probs, val_labels),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    record["val_after"] = calibration_metrics(apply_calibration(raw_val_probs, record), val_labels)
+    return record
+
+
+def save_calibration(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    path = Path(run_dir) / CALIBRATION_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load_calibration(run_dir: str | Path) -> dict[str, Any] | None:
+    """The saved record, or None if the run has none (or it is unreadable)."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        t = float(record["temperature"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return record if math.isfinite(t) and t > 0 else None
+
+
+def calibration_for(run_dir: str | Path, step: Any, weights: str = "raw") -> tuple[dict[str, Any] | None, str]:
+    """The saved record if it was fitted for checkpoint ``step`` (and ``weights``), plus a one-line note."""
+    record = load_calibration(run_dir)
+    if record is None:
+        return None, f"no {CALIBRATION_FILE}: probabilities are not calibrated"
+    fitted = (record.get("checkpoint_step"), record.get("weights", "raw"))
+    if fitted != (step, weights):
+        return None, (
+            f"{CALIBRATION_FILE} was fitted for checkpoint {fitted[0]} ({fitted[1]} weights), not {step} "
+            f"({weights} weights): probabilities are not calibrated (run `astroflax calibrate`)"
+        )
+    return record, describe(record, step)
+
+
+def describe(record: dict[str, Any], step: Any) -> str:
+    prior = " after undoing the class weighting" if record.get("method") == "prior_temperature" else ""
+    return f"temperature scaling T = {float(record['temperature']):.4g}{prior} (fitted on val for checkpoint {step})"
+
+
+def temperature_for(run_dir: str | Path, step: Any, weights: str = "raw") -> tuple[float | None, str]:
+    """The saved ``T`` if fitted for checkpoint ``step`` (and ``weights``), plus a one-line note."""
+    record, note = calibration_for(run_dir, step, weights)
+    return (None if record is None else float(record["temperature"])), note
+
+
+def calibrate_run(run: Any, dataset: Any = None, val_probs: np.ndarray | None = None, save: bool = True,
+                  weights: str = "raw", method: str = "temperature") -> dict[str, Any] | None:
+    """Fit a calibration for a loaded run (or ensemble) on its validation split.
+
+    ``run`` needs ``task``, ``cfg``, ``info``, ``step``, ``run_dir`` and ``predict(arrays)``.
+    Returns None (and saves nothing) when the task does not output class probabilities.
+    """
+    if dataset is None:
+        dataset = run.task.load_data(run.cfg)
+    val = dataset.split("val")
+    if val_probs is None:
+        val_probs = run.predict(val)
+    if "label" not in val or not is_probability_output(val_probs, run.info):
+        return None
+    record = fit_calibration(val_probs, val["label"], run.step, weights, method, run.info.get("class_weights"))
+    if save:
+        record["path"] = str(save_calibration(run.run_dir, record))
+    return record

@@ -1,0 +1,364 @@
+"""``report/index.html``: one self-contained page per run (or ensemble) directory.
+
+Everything the run directory knows, in one file that opens from disk without a server: the
+config, the data summary, training curves, every evaluation (metrics, per-class table,
+figures), calibration before/after, uncertainty comparisons and the deployment checklist.
+Images are embedded as base64 data URIs; there is no external JS, CSS or font, and all text
+is HTML-escaped. A small inline script records on window load how many images decoded and
+whether any script error happened (``data-images-ok`` / ``data-js-errors`` on ``<body>``), so
+a headless browser can check the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+REPORT_DIR = "report"
+_MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+_SKIP_HEADLINE = {"json_path", "task", "split", "checkpoint_step", "figures", "per_class", "auc_ovr",
+                  "confusion_matrix", "class_names", "calibration", "uncertainty"}
+_PREFERRED = ["accuracy", "log_loss", "flat_weighted_log_loss", "ece", "loss"]
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+header{background:#1d2330;color:#fff;padding:18px 28px}header h1{margin:0 0 4px;font-size:22px}
+header p{margin:2px 0;color:#c8cedb;font-size:13px}
+nav{padding:8px 28px;background:#e8ebf0;font-size:13px}nav a{margin-right:14px;color:#244c8f}
+main{padding:8px 28px 40px;max-width:1300px}
+section{background:#fff;border:1px solid #dde1e8;border-radius:6px;padding:12px 18px;margin:16px 0}
+h2{font-size:18px;margin:4px 0 10px}h3{font-size:15px;margin:14px 0 6px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 10px}
+th,td{border:1px solid #dde1e8;padding:3px 8px;text-align:left}th{background:#f0f2f6}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f6f7f9;border:1px solid #dde1e8;padding:8px;font-size:12px;overflow:auto;max-height:420px}
+figure{display:inline-block;margin:6px 12px 12px 0;vertical-align:top}
+figure img{max-width:100%;border:1px solid #dde1e8}figcaption{font-size:12px;color:#555}
+.pass{color:#0a7a32;font-weight:600}.fail{color:#b3261e;font-weight:600}.na{color:#777}
+.note{color:#555;font-size:13px}.missing{color:#b3261e}
+"""
+
+# Records image decoding and script errors into the DOM (read back by headless-browser tests).
+CHECK_SCRIPT = """
+(function(){
+  var errors = [];
+  window.addEventListener('error', function(e){
+    var t = e.target;
+    errors.push(t && t.tagName ? ('failed to load ' + t.tagName) : String(e.message));
+  }, true);
+  var origError = console.error;
+  console.error = function(){ errors.push(Array.prototype.join.call(arguments, ' ')); origError.apply(console, arguments); };
+  window.addEventListener('load', function(){
+    var imgs = document.images, ok = 0;
+    for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+    var b = document.body;
+    b.setAttribute('data-images-total', String(imgs.length));
+    b.setAttribute('data-images-ok', String(ok));
+    b.setAttribute('data-js-errors', String(errors.length));
+    document.getElementById('js-errors').textContent = errors.join('\\n');
+    b.setAttribute('data-ready', '1');
+  });
+})();
+"""
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {fmt(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f'<td class="num">{esc(fmt(value))}</td>' if numeric else f"<td>{esc(fmt(value))}</td>"
+
+
+def table(headers: list[Any], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def image(path: Path | None, caption: str) -> str:
+    """An embedded ``<img>`` (data URI), or a visible note when the file is missing."""
+    if path is None or not path.is_file():
+        return f'<p class="missing">figure {esc(caption)} missing ({esc(path)})</p>'
+    mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:{mime};base64,{data}" alt="{esc(caption)}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash
+    return out
+
+
+def _resolve_figure(p: str, run_dir: Path, split: str) -> Path:
+    """The figure in this run directory first: recorded paths may be relative to where evaluation
+    ran, or absolute paths of a run directory that was since moved or copied."""
+    path = Path(p)
+    candidates = [run_dir / "eval" / split / path.name, *([] if path.is_absolute() else [run_dir / path]), path]
+    return next((c for c in candidates if c.is_file()), path)
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (int, float, str, bool))
+
+
+def _headline(report: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for key, value in report.items():
+        if key in _SKIP_HEADLINE:
+            continue
+        if _is_scalar(value):
+            rows.append([key, value])
+        elif isinstance(value, dict) and 0 < len(value) <= 20 and all(_is_scalar(v) for v in value.values()):
+            rows += [[f"{key}.{k}", v] for k, v in value.items()]
+    return rows
+
+
+def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    return [k for k in _PREFERRED if k in keys] + [k for k in keys if k not in _PREFERRED]
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+def _members(run_dir: Path) -> dict[str, Path]:
+    from astroflax.evaluate.uncertainty import ENSEMBLE_FILE
+
+    spec = _read_json(run_dir / ENSEMBLE_FILE)
+    if isinstance(spec, dict) and spec.get("members"):
+        return {str(m): run_dir / str(m) for m in spec["members"]}
+    return {run_dir.name: run_dir}
+
+
+def _config_section(run_dir: Path, members: dict[str, Path]) -> str:
+    parts = []
+    ens = run_dir / "ensemble.json"
+    if ens.is_file():
+        parts.append(f"<h3>ensemble.json</h3><pre>{esc(ens.read_text())}</pre>")
+    first = next(iter(members.values()))
+    cfg = first / "config.yaml"
+    title = "config.yaml" if first == run_dir else f"{first.name}/config.yaml"
+    parts.append(f"<h3>{esc(title)}</h3><pre>{esc(cfg.read_text())}</pre>" if cfg.is_file()
+                 else '<p class="note">no config.yaml</p>')
+    return "".join(parts)
+
+
+def _data_section(members: dict[str, Path]) -> str:
+    info = _read_json(next(iter(members.values())) / "data_info.json")
+    if not isinstance(info, dict):
+        return '<p class="note">no data_info.json (training has not started)</p>'
+    parts = []
+    sizes = info.get("split_sizes")
+    if isinstance(sizes, dict):
+        parts.append("<h3>Split sizes</h3>" + table(["split", "examples"], [[k, v] for k, v in sizes.items()]))
+    counts, names = info.get("class_counts"), info.get("class_names")
+    if isinstance(counts, dict) and isinstance(names, list) and counts:
+        splits = list(counts)
+        totals = {s: max(sum(counts[s]), 1) for s in splits}
+        rows = [[name, *[f"{counts[s][j]} ({100 * counts[s][j] / totals[s]:.1f}%)" for s in splits]]
+                for j, name in enumerate(names)]
+        parts.append("<h3>Class balance</h3>" + table(["class", *splits], rows))
+    other = [[k, v] for k, v in info.items()
+             if k not in ("split_sizes", "class_counts", "class_names") and _is_scalar(v)]
+    other += [[k, ", ".join(fmt(x) for x in v)] for k, v in info.items()
+              if isinstance(v, list) and 0 < len(v) <= 16 and all(_is_scalar(x) for x in v) and k != "class_names"]
+    if other:
+        parts.append("<h3>Other facts</h3>" + table(["key", "value"], other))
+    return "".join(parts)
+
+
+def _training_section(run_dir: Path, members: dict[str, Path], out_dir: Path) -> str:
+    from astroflax.report.figures import plot_training_curves
+
+    runs = {name: _read_metrics(path) for name, path in members.items()}
+    parts = []
+    summaries = [(name, _read_json(path / "train_summary.json")) for name, path in members.items()]
+    rows = [[name, s.get("step"), s.get("total_steps"), s.get("stopped_by") or "completed", s.get("best_step"),
+             s.get("best_value"), s.get("wall_time")] for name, s in summaries if isinstance(s, dict)]
+    if rows:
+        parts.append(table(["run", "step", "of", "stopped by", "best step", "best value", "wall time (s)"], rows))
+    fig = plot_training_curves(runs, out_dir / "training_curves.png")
+    parts.append(image(fig, "training curves") if fig else '<p class="note">no metrics logged yet</p>')
+    return "".join(parts)
+
+
+def _calibration_table(before: dict, after: dict) -> str:
+    keys = [k for k in _PREFERRED if k in before or k in after]
+    return table(["metric", "before", "after"], [[k, before.get(k), after.get(k)] for k in keys])
+
+
+def _calibration_section(run_dir: Path, evals: list[tuple[str, dict]]) -> str:
+    from astroflax.evaluate.calibration import load_calibration
+
+    rec = load_calibration(run_dir)
+    parts = []
+    if rec:
+        parts.append(
+            f"<p>{'Class-prior correction then temperature scaling' if rec.get('method') == 'prior_temperature' else 'Temperature scaling'}: "
+            f"<b>T = {esc(fmt(rec.get('temperature')))}</b>, fitted on the "
+            f"{esc(rec.get('fitted_on', 'val'))} split ({esc(fmt(rec.get('n')))} examples) for checkpoint "
+            f"{esc(rec.get('checkpoint_step'))}. ECE uses {esc(rec.get('n_bins', 15))} bins.</p>"
+        )
+        parts.append("<h3>Validation split (fit)</h3>" + _calibration_table(rec.get("val_before", {}), rec.get("val_after", {})))
+    for split, rep in evals:
+        c = rep.get("calibration")
+        if isinstance(c, dict) and "before" in c:
+            parts.append(f"<h3>{esc(split)} split</h3>" + _calibration_table(c["before"], c.get("after", {})))
+            if c.get("note"):
+                parts.append(f'<p class="note">{esc(c["note"])}</p>')
+    return "".join(parts) or ('<p class="note">no calibration: temperature scaling applies to classifiers (evaluate the run to fit it); '
+                               'for regression, see the PIT histogram and coverage plot of the evaluation</p>')
+
+
+def _uncertainty_section(evals: list[tuple[str, dict]]) -> str:
+    parts = []
+    for split, rep in evals:
+        methods = (rep.get("uncertainty") or {}).get("methods")
+        if isinstance(methods, dict) and methods:
+            cols = _metric_columns(list(methods.values()))
+            rows = [[name, *[m.get(c) for c in cols]] for name, m in methods.items()]
+            parts.append(f"<h3>{esc(split)} split</h3>" + table(["method", *cols], rows))
+    return "".join(parts) or '<p class="note">no uncertainty comparison in the evaluations</p>'
+
+
+def _eval_section(run_dir: Path, split: str, rep: dict[str, Any]) -> str:
+    parts = [f'<h3 id="eval-{esc(split)}">{esc(split)} split — checkpoint {esc(rep.get("checkpoint_step"))}</h3>']
+    rows = _headline(rep)
+    if rows:
+        parts.append(table(["metric", "value"], rows))
+    per_class = rep.get("per_class")
+    if isinstance(per_class, dict) and per_class:
+        auc = rep.get("auc_ovr") or {}
+        cols = _metric_columns([v for v in per_class.values() if isinstance(v, dict)])
+        body = [[name, *[(v or {}).get(c) for c in cols], *([auc.get(name)] if auc else [])]
+                for name, v in per_class.items()]
+        parts.append(table(["class", *cols, *(["AUC (one-vs-rest)"] if auc else [])], body))
+    figures = rep.get("figures") or {}
+    if figures:
+        parts.append("<div>" + "".join(
+            image(_resolve_figure(str(p), run_dir, split), f"{split}: {name}") for name, p in figures.items()
+        ) + "</div>")
+    return "".join(parts)
+
+
+def _checklist_section(run_dir: Path) -> str:
+    if (run_dir / "ensemble.json").is_file():
+        return ('<p class="note">the deployment checklist checks single runs: run <code>astroflax check '
+                f'{esc(run_dir)}/member-&lt;i&gt;</code> for each member</p>')
+    try:
+        from astroflax.diagnostics.checklist import run_checklist
+    except ImportError as exc:
+        return f'<p class="note">deployment checklist not available ({esc(exc)})</p>'
+    try:
+        items = run_checklist(run_dir)
+    except Exception as exc:  # noqa: BLE001 - the report shows the error instead of failing
+        return f'<p class="fail">the checklist failed: {esc(type(exc).__name__)}: {esc(exc)}</p>'
+    rows = []
+    for it in items:
+        status = str(it.get("status", "n/a"))
+        cls = {"pass": "pass", "fail": "fail"}.get(status, "na")
+        rows.append(f'<tr><td>{esc(it.get("name"))}</td><td class="{cls}">{esc(status)}</td>'
+                    f'<td>{esc(fmt(it.get("value")))}</td><td>{esc(it.get("detail", ""))}</td></tr>')
+    return ("<table><thead><tr><th>check</th><th>status</th><th>value</th><th>detail</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+# --------------------------------------------------------------------------------- page
+
+
+def render_report(run_dir: str | Path) -> str:
+    """The page as a string (figures of training curves are written under ``report/``)."""
+    run_dir = Path(run_dir)
+    out_dir = run_dir / REPORT_DIR
+    members = _members(run_dir)
+    evals = []
+    for path in sorted((run_dir / "eval").glob("*.json"), key=lambda p: (p.stem != "test", p.stem)):
+        rep = _read_json(path)
+        if isinstance(rep, dict):
+            evals.append((path.stem, rep))
+    first_cfg = next(iter(members.values())) / "config.yaml"
+    task = next((rep.get("task") for _, rep in evals if rep.get("task")), None)
+    if task is None and first_cfg.is_file():
+        import yaml
+
+        task = (yaml.safe_load(first_cfg.read_text()) or {}).get("task")
+    kind = f"ensemble of {len(members)} members" if (run_dir / "ensemble.json").is_file() else "run"
+
+    sections = [
+        ("config", "Config", _config_section(run_dir, members)),
+        ("data", "Data", _data_section(members)),
+        ("training", "Training curves", _training_section(run_dir, members, out_dir)),
+        ("evaluation", "Evaluation",
+         "".join(_eval_section(run_dir, s, r) for s, r in evals) or '<p class="note">not evaluated yet</p>'),
+        ("calibration", "Calibration", _calibration_section(run_dir, evals)),
+        ("uncertainty", "Uncertainty", _uncertainty_section(evals)),
+        ("checklist", "Deployment checklist", _checklist_section(run_dir)),
+    ]
+    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in sections)
+    body = "".join(f'<section id="{sid}"><h2>{esc(title)}</h2>{content}</section>' for sid, title, content in sections)
+    title = f"astroflax report — {task or 'unknown task'} ({kind})"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+        f"<style>{CSS}</style><script>{CHECK_SCRIPT}</script></head><body>"
+        f"<header><h1>{esc(title)}</h1><p>{esc(run_dir.resolve())}</p>"
+        f"<p>generated {esc(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p></header>"
+        f"<nav>{nav}</nav><main>{body}</main><pre id=\"js-errors\" hidden></pre></body></html>\n"
+    )
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``<run_dir>/report/index.html`` (atomically) and return its path."""
+    run_dir = Path(run_dir)
+    page = render_report(run_dir)
+    path = run_dir / REPORT_DIR / "index.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

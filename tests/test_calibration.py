@@ -1,0 +1,142 @@
+"""Temperature scaling: recovers a known temperature, never hurts the validation NLL, fixes
+over-confidence (ECE), and the saved value is matched to its checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import special
+
+from astroflax.evaluate import calibration as cal
+from astroflax.evaluate import classification as clf
+
+
+def sample(n: int, k: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """True logits z and labels drawn from softmax(z): softmax(z) is perfectly calibrated."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, k)) * scale
+    p = special.softmax(z, axis=1)
+    labels = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    return z, labels
+
+
+@pytest.mark.parametrize("true_t", [3.0, 0.5])
+def test_recovers_known_temperature(true_t):
+    z, y = sample(20000, 6, 2.0, seed=1)
+    t = cal.fit_temperature(z * true_t, y)
+    assert t == pytest.approx(true_t, rel=0.05)
+
+
+def test_fit_on_probabilities_equals_fit_on_logits():
+    z, y = sample(5000, 5, 2.0, seed=2)
+    probs = special.softmax(3 * z, axis=1)
+    t_logits = cal.fit_temperature(3 * z, y)
+    t_probs = cal.fit_temperature(cal.probs_to_logits(probs), y)
+    assert t_probs == pytest.approx(t_logits, rel=1e-4)
+
+
+@pytest.mark.parametrize("case", ["calibrated", "overconfident", "underconfident", "random_labels", "tiny"])
+def test_never_increases_validation_nll(case):
+    z, y = sample(3000 if case != "tiny" else 7, 4, 2.0, seed=3)
+    logits = {"calibrated": z, "overconfident": 4 * z, "underconfident": z / 3,
+              "random_labels": z, "tiny": 5 * z}[case]
+    if case == "random_labels":
+        y = np.random.default_rng(4).integers(0, 4, size=len(y))
+    t = cal.fit_temperature(logits, y)
+    assert t > 0
+    assert cal.nll(logits, y, t) <= cal.nll(logits, y, 1.0) + 1e-12
+    if case == "random_labels":  # nothing to learn: T runs to its upper bound (near-uniform probabilities)
+        assert t > 50
+        return
+    # and it is the minimum: nearby temperatures are no better
+    for factor in (0.9, 1.1):
+        assert cal.nll(logits, y, t) <= cal.nll(logits, y, t * factor) + 1e-9
+
+
+def test_scaling_drops_ece_and_log_loss_and_keeps_accuracy():
+    z_val, y_val = sample(4000, 8, 1.5, seed=5)
+    z_test, y_test = sample(4000, 8, 1.5, seed=6)
+    overconfident = lambda z: special.softmax(3 * z, axis=1)  # noqa: E731
+    record = cal.fit_calibration(overconfident(z_val), y_val, step=123)
+    assert record["temperature"] == pytest.approx(3.0, rel=0.1)
+    assert record["checkpoint_step"] == 123
+    assert record["val_after"]["log_loss"] < record["val_before"]["log_loss"]
+    before = overconfident(z_test)
+    after = cal.apply_temperature(before, record["temperature"])
+    ece_before = clf.expected_calibration_error(before, y_test)
+    ece_after = clf.expected_calibration_error(after, y_test)
+    assert ece_before > 0.1
+    assert ece_after < 0.03 < ece_before
+    assert clf.log_loss(after, y_test) < clf.log_loss(before, y_test)
+    np.testing.assert_array_equal(after.argmax(1), before.argmax(1))
+
+
+def test_apply_temperature_is_softmax_of_scaled_logits():
+    z, _ = sample(50, 5, 2.0, seed=7)
+    probs = special.softmax(z, axis=1).astype(np.float32)
+    out = cal.apply_temperature(probs, 2.0)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, special.softmax(z / 2.0, axis=1), atol=1e-6)
+    np.testing.assert_allclose(cal.apply_temperature(probs, 1.0), probs, atol=1e-6)
+    # T > 1 flattens: the top probability drops for every row
+    assert np.all(out.max(1) < probs.max(1))
+
+
+def test_probability_output_detection():
+    info = {"class_names": ["a", "b", "c"]}
+    p = special.softmax(np.random.default_rng(0).normal(size=(10, 3)), axis=1)
+    assert cal.is_probability_output(p, info)
+    assert not cal.is_probability_output(p * 2, info)  # rows do not sum to 1
+    assert not cal.is_probability_output(p[:, :2], info)  # wrong number of classes
+    assert not cal.is_probability_output(p, {})  # not a classifier
+    assert not cal.is_probability_output(np.log(p), info)  # logits, negative
+
+
+def test_saved_temperature_applies_only_to_its_checkpoint(tmp_path):
+    z, y = sample(2000, 4, 2.0, seed=8)
+    record = cal.fit_calibration(special.softmax(2 * z, axis=1), y, step=40)
+    cal.save_calibration(tmp_path, record)
+    assert json.loads((tmp_path / "calibration.json").read_text())["temperature"] == record["temperature"]
+    t, note = cal.temperature_for(tmp_path, 40)
+    assert t == pytest.approx(record["temperature"]) and "40" in note
+    t, note = cal.temperature_for(tmp_path, 80)
+    assert t is None and "fitted for checkpoint 40" in note
+    assert cal.temperature_for(tmp_path, 40, weights="ema")[0] is None
+    assert cal.temperature_for(tmp_path / "nothing", 40)[0] is None
+    (tmp_path / "calibration.json").write_text('{"temperature": -1}')
+    assert cal.load_calibration(tmp_path) is None
+
+
+def test_prior_correction_fixes_what_temperature_cannot():
+    """A class-weighted loss shifts probabilities towards rare classes; one temperature can't undo
+    that, undoing the weighting first (-log w offsets) then fitting T does."""
+    rng = np.random.default_rng(9)
+    k = 8
+    prior = 0.4 ** np.arange(k)
+    prior /= prior.sum()
+
+    def draw(n):
+        z = rng.normal(size=(n, k)) + np.log(prior)
+        y = (special.softmax(z, 1).cumsum(1) > rng.random((n, 1))).argmax(1)
+        return z, y
+
+    z_val, y_val = draw(6000)
+    z_test, y_test = draw(6000)
+    w = 1.0 / (k * prior)  # "balanced" weights
+    model = lambda z: special.softmax(1.5 * z + np.log(w), 1)  # noqa: E731 - overconfident and reweighted
+    plain = cal.fit_calibration(model(z_val), y_val, 1)
+    prior_t = cal.fit_calibration(model(z_val), y_val, 1, method="prior_temperature", class_weights=w)
+    assert prior_t["temperature"] == pytest.approx(1.5, rel=0.1)
+    np.testing.assert_allclose(prior_t["logit_offset"], -np.log(w))
+    ece = lambda rec: clf.expected_calibration_error(cal.apply_calibration(model(z_test), rec), y_test)  # noqa: E731
+    assert ece(prior_t) < 0.02 < 0.03 < ece(plain)
+    assert prior_t["val_after"]["log_loss"] < plain["val_after"]["log_loss"]
+    # plain temperature scaling through the generic record equals apply_temperature
+    np.testing.assert_allclose(cal.apply_calibration(model(z_test), plain),
+                               cal.apply_temperature(model(z_test), plain["temperature"]), atol=1e-12)
+    with pytest.raises(ValueError, match="class_weights"):
+        cal.fit_calibration(model(z_val), y_val, 1, method="prior_temperature")
+    with pytest.raises(ValueError, match="choose from"):
+        cal.fit_calibration(model(z_val), y_val, 1, method="isotonic")
