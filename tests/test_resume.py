@@ -23,6 +23,8 @@ import pytest
 
 from conftest import TINY_TRANSIENTS, run_cli, set_args
 
+pytestmark = pytest.mark.slow  # real training processes, killed and resumed (~40 s each)
+
 STEPS = 120
 OVERRIDES = [o for o in TINY_TRANSIENTS if not o.startswith(("train.steps", "train.log_every", "checkpoint.every", "train.eval_every"))] + [
     f"train.steps={STEPS}",

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import TINY_TRANSIENTS, run_cli, set_args
+
+pytestmark = pytest.mark.slow  # two training processes (1 and 4 devices)
 
 OVERRIDES = [o for o in TINY_TRANSIENTS if not o.startswith(("train.steps", "train.log_every"))] + [
     "train.steps=20",
