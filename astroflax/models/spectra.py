@@ -57,7 +57,9 @@ class SpectralConvolution(nnx.Module):
 class _Heads(nnx.Module):
     def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs):
         self.cls = nnx.Linear(features, num_classes, rngs=rngs)
-        self.reg = nnx.Linear(features, 1, rngs=rngs)
+        # Zero-initialised: every spectrum starts at the centre of the type scale, so the subtype
+        # loss at initialisation is moderate and its gradients do not swamp the classifier's.
+        self.reg = nnx.Linear(features, 1, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
     def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.cls(h), SCALE_CENTRE + SCALE_SPREAD * self.reg(h)[:, 0]

@@ -126,13 +126,14 @@ def _draw_conditions(d: SpectraData, n: int, rng: np.random.Generator) -> dict[s
     }
 
 
-def _make_split(d: SpectraData, templates: sp.Templates, grid: np.ndarray, a, b, w, scale, cond, rng) -> dict:
+def _make_split(d: SpectraData, templates: sp.Templates, grid: np.ndarray, a, b, w, scale, cond, rng,
+                first_id: int = 0) -> dict:
     flux = sp.simulate(templates, a, b, w, cond["rv"], cond["resolution"], cond["ebv"], cond["snr"], grid, rng, d.normalise)
     return {
         "flux": flux,
         "label": np.floor(np.asarray(scale) + 1e-6).astype(np.int32),
         "subtype": np.asarray(scale, np.float32),
-        "object_id": np.arange(len(a), dtype=np.int64),
+        "object_id": np.arange(first_id, first_id + len(a), dtype=np.int64),  # unique across splits
         "template": np.asarray(a, np.int32),
         "template_b": np.asarray(b, np.int32),
         "mix_weight": np.asarray(w, np.float32),
@@ -154,14 +155,16 @@ def build_splits(d: SpectraData, templates: sp.Templates) -> tuple[dict[str, dic
     rng = streams["val"]
     idx = np.repeat(parts["val"], d.val_per_type)
     splits["val"] = _make_split(
-        d, templates, grid, idx, idx, np.zeros(len(idx)), templates.scale[idx], _draw_conditions(d, len(idx), rng), rng
+        d, templates, grid, idx, idx, np.zeros(len(idx)), templates.scale[idx], _draw_conditions(d, len(idx), rng), rng,
+        first_id=d.num_train,
     )
 
     rng = streams["test"]
     idx = np.repeat(parts["test"], d.test_per_snr * len(d.test_snr))
     cond = _draw_conditions(d, len(idx), rng)
     cond["snr"] = np.tile(np.repeat(np.asarray(d.test_snr, np.float64), d.test_per_snr), len(parts["test"]))
-    splits["test"] = _make_split(d, templates, grid, idx, idx, np.zeros(len(idx)), templates.scale[idx], cond, rng)
+    splits["test"] = _make_split(d, templates, grid, idx, idx, np.zeros(len(idx)), templates.scale[idx], cond, rng,
+                                 first_id=d.num_train + len(splits["val"]["label"]))
     return splits, parts
 
 
