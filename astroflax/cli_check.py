@@ -19,8 +19,6 @@ def _status(s: str) -> str:
 
 def _resolve_config(target: str, preset: Optional[str], overrides: list[str]):
     """A run directory, a YAML config file or a task name -> (config, run_dir or None)."""
-    import yaml
-
     from astroflax.config import build_config, load_yaml_file
 
     path = Path(target)
@@ -28,7 +26,7 @@ def _resolve_config(target: str, preset: Optional[str], overrides: list[str]):
         saved = path / "config.yaml"
         if not saved.is_file():
             raise AstroflaxError(f"{path} is a directory but not an astroflax run directory (no config.yaml)")
-        base = yaml.safe_load(saved.read_text())
+        base = load_yaml_file(saved)
         if not isinstance(base, dict) or "task" not in base:
             raise AstroflaxError(f"{saved}: expected a mapping with a 'task' key")
         return build_config(base["task"], preset, None, overrides, base=base), path

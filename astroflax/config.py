@@ -58,8 +58,8 @@ class EmaConfig(_Strict):
 class SwaConfig(_Strict):
     """Stochastic weight averaging: an equal-weight running mean of the weights from a chosen step."""
 
-    start_step: int | None = Field(None, ge=0, description="first step included in the average; null disables")
-    every: int = Field(1, ge=1, description="add the weights to the average every N steps")
+    start_step: int | None = Field(None, ge=0, description="first optimiser update included in the average; null disables")
+    every: int = Field(1, ge=1, description="add the weights to the average every N optimiser updates")
     bn_batches: int = Field(50, ge=1, description="training batches used to recompute batch-norm statistics at the end")
 
 

@@ -1,6 +1,6 @@
 """Fine-tuning: start a new run from the parameters of another run's checkpoint.
 
-Parameters are matched by path and shape: those that match are restored bit for bit, the
+Parameters (and batch-norm statistics) are matched by path and shape: those that match are restored bit for bit, the
 others (e.g. a classifier head with another number of classes) keep their fresh
 initialisation, and source parameters with no place in the new model are dropped. The new run
 has a fresh optimiser state, its own run directory and its own config (freezing, lr
@@ -98,7 +98,8 @@ def finetune(
     console = console or Console(stderr=True)
     source = Path(source)
     src = load_run(source, checkpoint)
-    source_params = {p: np.asarray(x) for p, x in _flat(src.state.params).items()}
+    # Batch-norm statistics travel with the weights they normalise (paths do not collide with params).
+    source_params = {p: np.asarray(x) for p, x in {**_flat(src.state.params), **_flat(src.state.model_state)}.items()}
     run_dir = Path(run_dir) if run_dir else source.with_name(f"{source.name}-ft-{task}")
     extra: dict[str, Any] = {"run_dir": str(run_dir)}
     if data:

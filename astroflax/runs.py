@@ -9,10 +9,9 @@ from typing import Any
 
 import jax
 import numpy as np
-import yaml
 from flax import nnx
 
-from astroflax.config import ExperimentConfig, finalize_config
+from astroflax.config import ExperimentConfig, finalize_config, load_yaml_file
 from astroflax.errors import CheckpointError
 from astroflax.runtime import enable_compile_cache
 from astroflax.tasks import Task, get_task
@@ -54,7 +53,7 @@ def read_config(run_dir: Path) -> ExperimentConfig:
         raise CheckpointError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not an astroflax run directory (no config.yaml)")
-    return finalize_config(yaml.safe_load(path.read_text()))
+    return finalize_config(load_yaml_file(path))
 
 
 def load_run(run_dir: str | Path, which: str | int = "best", weights: str = "raw") -> LoadedRun:

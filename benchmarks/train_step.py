@@ -72,9 +72,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     args = ap.parse_args()
     variants = {
-        "quick, full attention (baseline)": ("quick", []),
+        "quick, full attention (baseline)": ("quick", ["model.attention=full"]),
         "quick, induced attention": ("quick", ["model.attention=induced"]),
-        "full preset, full attention": ("full", []),
+        "full preset, full attention": ("full", ["model.attention=full"]),
         "full preset, induced attention": ("full", ["model.attention=induced"]),
     }
     results = {}

@@ -19,7 +19,7 @@ from conftest import set_args
 from test_export import shared_trained_run
 
 # A model still smaller than the tiny training config: the model checks compile in seconds.
-TINY_CHECK = ["data.max_len=32", "model.d_model=16", "model.num_heads=2", "model.num_layers=1"]
+TINY_CHECK = ["data.max_len=32", "model.d_model=16", "model.num_heads=2", "model.num_layers=1", "model.attention=full"]
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:

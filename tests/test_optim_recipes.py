@@ -119,6 +119,16 @@ def test_logged_lr_is_the_one_used_under_accumulation():
     assert lr_curve(OptimConfig(lr=0.1, accumulate_steps=2), sched, 6) == pytest.approx(expected, rel=1e-6)
 
 
+def test_schedule_spans_the_updates_not_the_micro_batches_under_accumulation():
+    # 40 train steps with k=4 are 10 updates: the decay must end at end_factor * peak, as without accumulation.
+    sched = ScheduleConfig(name="linear", warmup_steps=0, end_factor=0.01)
+    plain = lr_curve(OptimConfig(lr=0.1), sched, 10)
+    accumulated = lr_curve(OptimConfig(lr=0.1, accumulate_steps=4), sched, 40)
+    assert accumulated[::4] == pytest.approx(plain, rel=1e-6)
+    _, schedule = build_optimizer(OptimConfig(lr=0.1, accumulate_steps=4), sched, 40)
+    assert float(schedule(10)) == pytest.approx(0.1 * 0.01, rel=1e-6)
+
+
 # --------------------------------------------------------------------------- optimisers
 
 
@@ -454,7 +464,8 @@ def test_cli_schedule_and_optimizer_compare(tmp_path, capsys):
     assert code == 0 and "cosine" in out and "199" in out and "0.25" in out
     assert (tmp_path / "lr.png").stat().st_size > 1000
     code, out, _ = cli(capsys, "schedule", "transients", "--set", "schedule.name=constant", "--out", str(tmp_path / "c.png"))
-    assert code == 0 and "1199" in out  # the quick preset's train.steps when --steps is not given
+    last = build_config("transients", "quick").train.steps - 1
+    assert code == 0 and f"{last}" in out  # the quick preset's train.steps when --steps is not given
     code, out, _ = cli(capsys, "optimizers", "compare", "--steps", "100", "--optimizer", "sgd", "--optimizer", "lion",
                        "--optimizer", "adam+lookahead", "--out", str(tmp_path / "traj.png"))
     assert code == 0 and all(n in out for n in ("sgd", "lion", "adam+lookahead"))

@@ -37,14 +37,20 @@ def _item(key: str, name: str, status: str, value: Any, detail: str) -> dict[str
 
 
 def converged(records: list[dict]) -> dict[str, Any]:
-    """Mean train loss of the last 10% of logs vs the 10% before: relative change < 5%."""
+    """Mean train loss of the last 10% of logs vs the 10% before: change < 5%.
+
+    The change is relative to the previous level, or to a tenth of the whole drop since the
+    first window if that is larger, so that a loss near zero (a Gaussian NLL crossing it) is
+    not failed for being small.
+    """
     losses = [r.get("loss") for r in records if r.get("split") == "train"]
     losses = [float(x) for x in losses if x is not None and math.isfinite(x)]
     if len(losses) < 2:
         return _item("converged", "converged", "n/a", None, f"{len(losses)} finite train-loss logs; need at least 2")
     k = max(1, round(0.1 * len(losses)))
     last, prev = float(np.mean(losses[-k:])), float(np.mean(losses[-2 * k: -k]))
-    change = abs(last - prev) / max(abs(prev), 1e-12)
+    first = float(np.mean(losses[:k]))
+    change = abs(last - prev) / max(abs(prev), 0.1 * abs(first - last), 1e-12)
     status = "pass" if change < PLATEAU_REL_CHANGE else "fail"
     return _item(
         "converged", "converged", status, round(change, 4),
@@ -126,10 +132,18 @@ def calibrated(run_dir: Path, step: int, info: dict, val: dict, test_probs, test
         detail = f"top-label ECE on the test split ({len(test_labels)} objects, 15 bins) {how}"
     else:
         path = run_dir / "eval" / "test.json"
-        ece = json.loads(path.read_text()).get("ece") if path.is_file() else None
+        try:
+            saved = json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:
+            saved = {}
+        if not isinstance(saved, dict) or saved.get("checkpoint_step") != step or saved.get("weights", "raw") != "raw":
+            saved = {}
+        ece = saved.get("ece")  # the runner's report is of the calibrated outputs when a calibration exists
         if ece is None:
-            return _item("calibrated", name, "n/a", None, "test data not loadable and no ECE in eval/test.json")
-        detail = "ECE from eval/test.json (uncalibrated; the test data could not be loaded to apply a temperature)"
+            return _item("calibrated", name, "n/a", None,
+                         f"test data not loadable and no ECE of checkpoint {step} in eval/test.json")
+        detail = (f"ECE from eval/test.json for checkpoint {step} "
+                  f"({'calibrated' if saved.get('calibration') else 'uncalibrated'}; the test data could not be loaded)")
     return _item("calibrated", name, "pass" if ece <= MAX_ECE else "fail", round(float(ece), 4), detail)
 
 
@@ -262,9 +276,12 @@ def latency_and_memory(run, arrays: dict[str, np.ndarray] | None, repeats_1: int
 # -------------------------------------------------------------------------- all items
 
 
-def run_checklist(run_dir: str | Path, checkpoint: str | int = "best") -> list[dict[str, Any]]:
+def run_checklist(run_dir: str | Path, checkpoint: str | int = "best", run: Any = None,
+                  dataset: Any = None) -> list[dict[str, Any]]:
     """Every deployment-checklist item for checkpoint ``checkpoint`` of ``run_dir``.
 
+    ``run`` (that checkpoint, already loaded by ``load_run``) and ``dataset`` (the task's data)
+    save loading them again when the caller has them, as ``evaluate`` does for its report.
     Raises :class:`~astroflax.errors.CheckpointError` when ``run_dir`` is not a run with a
     checkpoint; anything else that cannot be measured becomes an ``n/a`` item saying why.
     """
@@ -272,13 +289,13 @@ def run_checklist(run_dir: str | Path, checkpoint: str | int = "best") -> list[d
     from astroflax.train.metrics_log import read_metrics
 
     run_dir = Path(run_dir)
-    run = load_run(run_dir, checkpoint)
+    run = run if run is not None else load_run(run_dir, checkpoint)
     records = read_metrics(run_dir)
     items = [converged(records), no_nonfinite(records)]
     val = _val_metrics(records, run.step)
     data, data_error = None, ""
     try:
-        dataset = run.task.load_data(run.cfg)
+        dataset = dataset if dataset is not None else run.task.load_data(run.cfg)
         data = dataset.splits
     except (AstroflaxError, OSError) as exc:
         data_error = str(exc)

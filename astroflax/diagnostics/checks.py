@@ -544,7 +544,9 @@ def run_diagnostics(
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     batch = small_batch(dataset.split("train"), task, batch_size, seed)
     rng = jax.random.key(cfg.train.seed)
-    tx, _ = build_optimizer(cfg.optim, ScheduleConfig(name="constant", warmup_steps=0), overfit_steps)
+    # The overfit loop takes one plain float32 step per batch: no loss scaling, no accumulation.
+    optim = cfg.optim.model_copy(update={"precision": "float32", "accumulate_steps": 1})
+    tx, _ = build_optimizer(optim, ScheduleConfig(name="constant", warmup_steps=0), overfit_steps)
     results = [model_summary(params, model_state)]
     results.append(gradient_check(graphdef, params, model_state, task.loss_fn, batch, num=grad_samples, seed=seed))
     results.append(gradient_health(graphdef, params, model_state, task.loss_fn, batch, rng))

@@ -52,24 +52,29 @@ def evaluate_run(
     if calibrate and "label" in arrays and cal.is_probability_output(raw, info):
         record, note = cal.calibration_for(run.run_dir, run.step, weights)
         if record is None:
-            save = (checkpoint == "best" and weights == "raw") or cal.load_calibration(run.run_dir) is None
-            record = cal.calibrate_run(run, dataset, raw if split == "val" else None, save, weights)
-            note = (cal.describe(record, run.step)
-                    + ("; saved" if save else "; for this evaluation only (calibration.json is for another checkpoint)"))
-        outputs = cal.apply_calibration(raw, record)
-        method = record.get("method", "temperature")
-        label = "temperature scaling" if method == "temperature" else "prior correction + temperature"
-        methods[f"{base_name} + {label}"] = unc.judge(task, info, outputs, arrays)
-        before_fig = plots.plot_reliability_diagram(
-            clf.reliability_curve(raw, arrays["label"]), out_dir / "reliability_uncalibrated.png")
-        calibration = {
-            "method": method,
-            "temperature": record["temperature"],
-            "note": note,
-            "before": cal.calibration_metrics(raw, arrays["label"]),
-            "after": cal.calibration_metrics(outputs, arrays["label"]),
-            "figure_before": str(before_fig),
-        }
+            previous = cal.load_calibration(run.run_dir)
+            save = (checkpoint == "best" and weights == "raw") or previous is None
+            method = (previous or {}).get("method", "temperature")  # refit the way the user chose
+            record = cal.calibrate_run(run, dataset, raw if split == "val" else None, save, weights, method)
+            if record is not None:
+                note = cal.describe(record, run.step) + (
+                    "; saved" if save else "; for this evaluation only (calibration.json is for another checkpoint)")
+        # None: the validation outputs are not probabilities a temperature could be fitted to.
+        if record is not None:
+            outputs = cal.apply_calibration(raw, record)
+            method = record.get("method", "temperature")
+            label = "temperature scaling" if method == "temperature" else "prior correction + temperature"
+            methods[f"{base_name} + {label}"] = unc.judge(task, info, outputs, arrays)
+            before_fig = plots.plot_reliability_diagram(
+                clf.reliability_curve(raw, arrays["label"]), out_dir / "reliability_uncalibrated.png")
+            calibration = {
+                "method": method,
+                "temperature": record["temperature"],
+                "note": note,
+                "before": cal.calibration_metrics(raw, arrays["label"]),
+                "after": cal.calibration_metrics(outputs, arrays["label"]),
+                "figure_before": str(before_fig),
+            }
 
     if mc_dropout:
         mc = unc.mc_dropout_predict(run, arrays, mc_dropout)
@@ -91,5 +96,7 @@ def evaluate_run(
     if write_html:
         from astroflax.report import write_report
 
-        report["report_path"] = str(write_report(run.run_dir))
+        # The report's checklist is of the best checkpoint's raw weights: reuse them if that is what we hold.
+        single_best = checkpoint == "best" and weights == "raw" and not isinstance(run, unc.EnsembleRun)
+        report["report_path"] = str(write_report(run.run_dir, (run, dataset) if single_best else None))
     return report

@@ -208,7 +208,7 @@ def read_ensemble(run_dir: str | Path) -> dict[str, Any]:
 def _load_single(run_dir: Path, which: str | int, weights: str) -> Any:
     from astroflax.runs import load_run
 
-    return load_run(run_dir, which) if weights == "raw" else load_run(run_dir, which, weights)
+    return load_run(run_dir, which, weights)
 
 
 def load_ensemble(run_dir: str | Path, which: str | int = "best", weights: str = "raw") -> EnsembleRun:

@@ -246,7 +246,7 @@ class ExportedModel:
         t = self.temperature
         if t is None or self.manifest["output"].get("kind") != "probabilities":
             return probs
-        logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None))
+        logits = np.log(np.clip(np.asarray(probs, np.float64), np.finfo(np.float64).tiny, None))
         offset = self.manifest.get("preprocessing", {}).get("logit_offset")
         if offset is not None:
             logits = logits + np.asarray(offset, np.float64)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from astroflax.errors import AstroflaxError
+
 REPORT_DIR = "report"
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 _SKIP_HEADLINE = {"json_path", "task", "split", "checkpoint_step", "figures", "per_class", "auc_ovr",
@@ -119,19 +121,6 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a crash
-    return out
-
-
 def _resolve_figure(p: str, run_dir: Path, split: str) -> Path:
     """The figure in this run directory first: recorded paths may be relative to where evaluation
     ran, or absolute paths of a run directory that was since moved or copied."""
@@ -215,7 +204,9 @@ def _data_section(members: dict[str, Path]) -> str:
 def _training_section(run_dir: Path, members: dict[str, Path], out_dir: Path) -> str:
     from astroflax.report.figures import plot_training_curves
 
-    runs = {name: _read_metrics(path) for name, path in members.items()}
+    from astroflax.train.metrics_log import read_metrics
+
+    runs = {name: read_metrics(path) for name, path in members.items()}
     parts = []
     summaries = [(name, _read_json(path / "train_summary.json")) for name, path in members.items()]
     rows = [[name, s.get("step"), s.get("total_steps"), s.get("stopped_by") or "completed", s.get("best_step"),
@@ -286,7 +277,7 @@ def _eval_section(run_dir: Path, split: str, rep: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _checklist_section(run_dir: Path) -> str:
+def _checklist_section(run_dir: Path, loaded: tuple[Any, Any] | None = None) -> str:
     if (run_dir / "ensemble.json").is_file():
         return ('<p class="note">the deployment checklist checks single runs: run <code>astroflax check '
                 f'{esc(run_dir)}/member-&lt;i&gt;</code> for each member</p>')
@@ -295,7 +286,8 @@ def _checklist_section(run_dir: Path) -> str:
     except ImportError as exc:
         return f'<p class="note">deployment checklist not available ({esc(exc)})</p>'
     try:
-        items = run_checklist(run_dir)
+        run, dataset = loaded if loaded is not None else (None, None)
+        items = run_checklist(run_dir, "best", run=run, dataset=dataset)
     except Exception as exc:  # noqa: BLE001 - the report shows the error instead of failing
         return f'<p class="fail">the checklist failed: {esc(type(exc).__name__)}: {esc(exc)}</p>'
     rows = []
@@ -311,8 +303,12 @@ def _checklist_section(run_dir: Path) -> str:
 # --------------------------------------------------------------------------------- page
 
 
-def render_report(run_dir: str | Path) -> str:
-    """The page as a string (figures of training curves are written under ``report/``)."""
+def render_report(run_dir: str | Path, loaded: tuple[Any, Any] | None = None) -> str:
+    """The page as a string (figures of training curves are written under ``report/``).
+
+    ``loaded``: the run's best checkpoint (raw weights) and its dataset, when the caller has them
+    loaded already; the deployment checklist then does not load them again.
+    """
     run_dir = Path(run_dir)
     out_dir = run_dir / REPORT_DIR
     members = _members(run_dir)
@@ -324,9 +320,12 @@ def render_report(run_dir: str | Path) -> str:
     first_cfg = next(iter(members.values())) / "config.yaml"
     task = next((rep.get("task") for _, rep in evals if rep.get("task")), None)
     if task is None and first_cfg.is_file():
-        import yaml
+        try:
+            from astroflax.config import load_yaml_file
 
-        task = (yaml.safe_load(first_cfg.read_text()) or {}).get("task")
+            task = load_yaml_file(first_cfg).get("task")
+        except AstroflaxError:
+            task = None  # the config section shows the problem
     kind = f"ensemble of {len(members)} members" if (run_dir / "ensemble.json").is_file() else "run"
 
     sections = [
@@ -337,7 +336,7 @@ def render_report(run_dir: str | Path) -> str:
          "".join(_eval_section(run_dir, s, r) for s, r in evals) or '<p class="note">not evaluated yet</p>'),
         ("calibration", "Calibration", _calibration_section(run_dir, evals)),
         ("uncertainty", "Uncertainty", _uncertainty_section(evals)),
-        ("checklist", "Deployment checklist", _checklist_section(run_dir)),
+        ("checklist", "Deployment checklist", _checklist_section(run_dir, loaded)),
     ]
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{esc(title)}</h2>{content}</section>' for sid, title, content in sections)
@@ -352,10 +351,10 @@ def render_report(run_dir: str | Path) -> str:
     )
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, loaded: tuple[Any, Any] | None = None) -> Path:
     """Write ``<run_dir>/report/index.html`` (atomically) and return its path."""
     run_dir = Path(run_dir)
-    page = render_report(run_dir)
+    page = render_report(run_dir, loaded)
     path = run_dir / REPORT_DIR / "index.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

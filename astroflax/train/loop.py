@@ -35,7 +35,7 @@ from astroflax.train.progress import TrainProgress
 from astroflax.train.sharding import check_divisible, make_mesh, replicate, shard_batch
 from astroflax.train.signals import GracefulStop
 from astroflax.train.state import count_params, create_state
-from astroflax.train.step import init_accumulator, make_predict_step, make_train_step
+from astroflax.train.step import init_accumulator, make_predict_step, make_train_step, summarise_accumulator
 
 # Keys that may differ between the saved config and the config of a resumed run.
 RESUMABLE_CHANGES = {"train.progress", "train.log_every", "name", "run_dir"}
@@ -96,8 +96,8 @@ def train_and_evaluate(
 ) -> TrainResult:
     """Train ``cfg`` in its run directory. ``resume``: None = resume if checkpoints exist.
 
-    ``init_params(params) -> params`` (fine-tuning) replaces the freshly initialised parameters
-    of a new run (not of a resumed one) before the optimiser state is created.
+    ``init_params(state) -> state`` (fine-tuning) replaces the freshly initialised parameters
+    and batch statistics of a new run (not of a resumed one) before the optimiser state is created.
     """
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
@@ -137,7 +137,7 @@ def train_and_evaluate(
 
     model = task.build_model(cfg, dataset.info, nnx.Rngs(params=cfg.train.seed))
     if init_params is not None and not resuming:  # fine-tuning hook (astroflax/finetune.py)
-        nnx.update(model, init_params(nnx.state(model, nnx.Param)))
+        nnx.update(model, init_params(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))))
     tx, schedule = build_optimizer(cfg.optim, cfg.schedule, total_steps)
     graphdef, state = create_state(model, tx, cfg.train.seed)
     del model
@@ -214,9 +214,7 @@ def train_and_evaluate(
                 if step % cfg.train.log_every == 0 or last:
                     host = jax.device_get(acc)  # the only host sync between evaluations
                     acc = fresh_acc()
-                    count = max(float(host.pop("count")), 1.0)
-                    logged = {k: float(v) / count for k, v in host.items()}
-                    logged["nonfinite"] = logged["nonfinite"] * count  # a count, not a mean
+                    logged = summarise_accumulator(host)
                     train_loss = logged["loss"]
                     bar.logged(step, train_loss)
                     logged["samples_per_s"] = bar.rate

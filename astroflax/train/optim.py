@@ -147,9 +147,14 @@ def build_schedule(sched: ScheduleConfig, peak_lr: float, total_steps: int) -> o
     return optax.join_schedules([ramp, decay], [warmup])
 
 
+def num_updates(optim: OptimConfig, total_steps: int) -> int:
+    """Optimiser updates in ``total_steps`` train steps: schedules count updates, not micro-batches."""
+    return -(-int(total_steps) // optim.accumulate_steps)
+
+
 def lr_curve(optim: OptimConfig, sched: ScheduleConfig, total_steps: int) -> np.ndarray:
     """Base learning rate used at each train step 0..total_steps-1 (accumulation: one lr per k steps)."""
-    schedule = build_schedule(sched, optim.lr, total_steps)
+    schedule = build_schedule(sched, optim.lr, num_updates(optim, total_steps))
     steps = np.arange(total_steps) // optim.accumulate_steps
     return np.asarray(jax.vmap(schedule)(jnp.asarray(steps)), np.float64)
 
@@ -255,7 +260,9 @@ def build_optimizer(
     """AdamW + global-norm clipping + warm-up cosine unless the config says otherwise."""
     from astroflax.train import averaging, precision
 
-    schedule = build_schedule(sched, optim.lr, total_steps)
+    # With accumulation the schedule's clock is the optimiser's update count (see actual_lr),
+    # so its horizon is the number of updates, not of micro-batches.
+    schedule = build_schedule(sched, optim.lr, num_updates(optim, total_steps))
     parts: list[optax.GradientTransformation] = []
     if optim.freeze or optim.train_only is not None:
         # Frozen grads are zeroed first so that they do not count in the clipping norm.

@@ -99,13 +99,30 @@ def make_train_step(
             **precision_metrics,
             **aux,
         }
-        acc = {k: acc.get(k, 0.0) + v.astype(jnp.float32) for k, v in metrics.items()} | {
-            "count": acc["count"] + 1.0
-        }
+        acc = {
+            k: v.astype(jnp.float32) if k in LAST_VALUE_METRICS else acc.get(k, 0.0) + v.astype(jnp.float32)
+            for k, v in metrics.items()
+        } | {"count": acc["count"] + 1.0}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
         return new_state, acc
 
     return step
+
+
+# How the on-device accumulator turns into logged values: most metrics are means over the
+# steps since the last log; these are the value at the logged step, or a count of steps.
+LAST_VALUE_METRICS = ("lr", "loss_scale")
+COUNT_METRICS = ("nonfinite", "skipped")
+
+
+def summarise_accumulator(host: dict[str, Any]) -> dict[str, float]:
+    """Logged values from a fetched accumulator (means, last values and counts; see above)."""
+    count = max(float(host["count"]), 1.0)
+    return {
+        k: float(v) if k in LAST_VALUE_METRICS or k in COUNT_METRICS else float(v) / count
+        for k, v in host.items()
+        if k != "count"
+    }
 
 
 def init_accumulator(metric_names: list[str]) -> dict[str, jax.Array]:
