@@ -6,8 +6,6 @@ User mistakes (bad paths, config keys, data) end in one line on stderr and exit 
 
 from __future__ import annotations
 
-import csv
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -134,6 +132,7 @@ def predict(
     Classifier probabilities are temperature-scaled when the run's calibration.json matches the checkpoint.
     """
     from astroflax.evaluate.uncertainty import open_run, predict_outputs
+    from astroflax.runs import write_predictions
 
     if not input.exists():
         raise AstroflaxError(f"--input {input}: no such file or directory")
@@ -150,12 +149,7 @@ def predict(
     if note:
         err.print(note, highlight=False, markup=False)
     rows = run.task.format_predictions(outputs, ids, run.info)
-    tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["object_id"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, output)  # never leave a half-written predictions file behind
+    write_predictions(output, rows)
     err.print(f"Wrote {len(rows)} predictions to {output} (checkpoint step {run.step})")
 
 

@@ -84,6 +84,20 @@ def load_run(run_dir: str | Path, which: str | int = "best", weights: str = "raw
     return LoadedRun(run_dir, cfg, task, info, step, state, graphdef, mesh)
 
 
+def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """One CSV row per object, written atomically: never a half-written predictions file."""
+    import csv
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["object_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
 def write_json(path: Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1, default=float))

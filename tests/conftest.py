@@ -46,6 +46,17 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, check: bo
     return proc
 
 
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    """The real CLI entry point in this process (no second JAX start-up): (exit code, stdout, stderr)."""
+    from astroflax.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return int(exc.value.code or 0), captured.out, captured.err
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY_TRANSIENTS)

@@ -140,3 +140,21 @@ def test_prior_correction_fixes_what_temperature_cannot():
         cal.fit_calibration(model(z_val), y_val, 1, method="prior_temperature")
     with pytest.raises(ValueError, match="choose from"):
         cal.fit_calibration(model(z_val), y_val, 1, method="isotonic")
+
+
+def test_extra_output_columns_pass_through_calibration():
+    # spectra-like outputs: K class probabilities, then a regression column that must not change
+    z, y = sample(3000, 4, 2.0, seed=5)
+    probs = special.softmax(2.5 * z, axis=1)
+    scale = np.linspace(0.5, 6.5, len(y))[:, None]
+    outputs = np.concatenate([probs, scale], axis=1)
+    info = {"class_names": ["a", "b", "c", "d"]}
+    np.testing.assert_array_equal(cal.class_probs(outputs, info), probs)
+    assert cal.class_probs(outputs[:, 1:], info) is None  # columns that are not probabilities
+    record = cal.fit_calibration(cal.class_probs(outputs, info), y, step=7)
+    assert record["num_classes"] == 4 and record["temperature"] == pytest.approx(2.5, rel=0.1)
+    out = cal.apply_calibration(outputs, record)
+    assert out.shape == outputs.shape
+    np.testing.assert_array_equal(out[:, 4], outputs[:, 4])
+    np.testing.assert_allclose(out[:, :4], cal.apply_calibration(probs, record), rtol=1e-6)
+    assert cal.calibration_metrics(out[:, :4], y)["ece"] < cal.calibration_metrics(probs, y)["ece"]

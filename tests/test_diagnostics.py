@@ -11,24 +11,14 @@ import optax
 import pytest
 from flax import nnx
 
-from astroflax.cli import main
 from astroflax.diagnostics import checklist as cl
 from astroflax.diagnostics import checks
 from astroflax.tasks.base import Dataset
-from conftest import set_args
+from conftest import run_main, set_args
 from test_export import shared_trained_run
 
 # A model still smaller than the tiny training config: the model checks compile in seconds.
 TINY_CHECK = ["data.max_len=32", "model.d_model=16", "model.num_heads=2", "model.num_layers=1", "model.attention=full"]
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in this process (no second JAX start-up); returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return int(exc.value.code or 0), captured.out, captured.err
 
 
 # ------------------------------------------------------------------------ the command

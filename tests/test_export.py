@@ -17,7 +17,7 @@ import pytest
 from astroflax.cli import main
 from astroflax.data import lightcurves as lc
 from astroflax.export.loader import ExportFormatError, load_export
-from conftest import TINY_TRANSIENTS, set_args
+from conftest import TINY_TRANSIENTS, run_main, set_args
 
 LOADER = Path(__file__).resolve().parents[1] / "astroflax" / "export" / "loader.py"
 _SHARED: dict[str, Path] = {}
@@ -37,15 +37,6 @@ def shared_trained_run(tmp_path_factory) -> Path:
         evaluate_run(run_dir, "test", write_html=False)
         _SHARED["run"] = run_dir
     return _SHARED["run"]
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in this process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return int(exc.value.code or 0), captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from astroflax.train.optim import build_optimizer, build_schedule, flat_params, 
 from astroflax.train.state import create_state
 from astroflax.train.step import init_accumulator, make_train_step
 
-from conftest import TINY_TRANSIENTS
+from conftest import TINY_TRANSIENTS, run_main
 
 
 class Toy(nnx.Module):
@@ -445,16 +445,7 @@ def test_resume_with_ema_is_bitwise_and_ema_is_selectable(tmp_path):
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """The real CLI entry point, in-process (no interpreter start-up per command)."""
-    from astroflax.cli import main
-
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_main(list(args), capsys)
 
 
 def test_cli_schedule_and_optimizer_compare(tmp_path, capsys):

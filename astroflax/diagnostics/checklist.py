@@ -305,9 +305,10 @@ def run_checklist(run_dir: str | Path, checkpoint: str | int = "best", run: Any 
     arrays = run.task.device_arrays(test) if test is not None else None
     test_probs = test_labels = None
     if arrays is not None and _is_classifier(run.info, val) and "label" in test:
-        outputs = run.predict(arrays)
-        if outputs.ndim == 2 and outputs.shape[1] == run.info["num_classes"] and np.allclose(outputs.sum(1), 1, atol=1e-4):
-            test_probs, test_labels = outputs, test["label"]
+        from astroflax.evaluate.calibration import class_probs
+
+        test_probs = class_probs(run.predict(arrays), run.info)
+        test_labels = test["label"] if test_probs is not None else None
     items.append(calibrated(run_dir, run.step, run.info, val, test_probs, test_labels))
     items.append(evaluated_on_test(run_dir, run.step))
     items.append(reloads_identically(run, checkpoint, arrays, run_dir))

@@ -90,19 +90,26 @@ def calibration_metrics(probs: Any, labels: Any) -> dict[str, float]:
     }
 
 
-def is_probability_output(outputs: Any, info: dict[str, Any]) -> bool:
-    """True for a classifier's class probabilities: ``(N, len(class_names))``, rows summing to 1.
+def class_probs(outputs: Any, info: dict[str, Any]) -> np.ndarray | None:
+    """The class-probability columns of a classifier's outputs, or None if it is not a classifier.
 
     This is how calibration and ensembling recognise classifiers without a flag in the Task
-    contract: every classifier keeps ``class_names`` in its ``info`` and outputs probabilities.
+    contract: every classifier keeps ``class_names`` in its ``info`` and its first
+    ``len(class_names)`` output columns are probabilities (rows summing to 1). Further columns
+    (``spectra``: the type scale) are other predictions, which calibration passes through.
     """
     names = info.get("class_names")
     p = np.asarray(outputs)
-    if not names or p.ndim != 2 or p.shape[1] != len(names) or p.shape[0] == 0:
-        return False
+    if not names or p.ndim != 2 or p.shape[1] < len(names) or p.shape[0] == 0:
+        return None
+    p = p[:, : len(names)]
     if not np.issubdtype(p.dtype, np.floating) or not np.all(np.isfinite(p)) or np.any(p < 0):
-        return False
-    return bool(np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
+        return None
+    return p if np.allclose(p.sum(axis=1), 1.0, atol=1e-3) else None
+
+
+def is_probability_output(outputs: Any, info: dict[str, Any]) -> bool:
+    return class_probs(outputs, info) is not None
 
 
 # ------------------------------------------------------------------------ runs and files
@@ -120,15 +127,20 @@ def prior_offset(class_weights: Any) -> np.ndarray:
     return np.where(w > 0, -np.log(np.where(w > 0, w, 1.0)), 0.0)
 
 
-def apply_calibration(probs: Any, record: dict[str, Any]) -> np.ndarray:
-    """Apply a saved calibration record: ``softmax((log p + offset) / T)``."""
-    p = np.asarray(probs)
-    logits = probs_to_logits(p)
+def apply_calibration(outputs: Any, record: dict[str, Any]) -> np.ndarray:
+    """Apply a saved calibration record to the class columns: ``softmax((log p + offset) / T)``.
+
+    Columns after the record's ``num_classes`` (other predictions, e.g. a regression) are kept.
+    """
+    out = np.asarray(outputs)
+    k = int(record.get("num_classes") or out.shape[1])
+    logits = probs_to_logits(out[:, :k])
     offset = record.get("logit_offset")
     if offset is not None:
         logits = logits + np.asarray(offset, np.float64)
-    out = softmax_t(logits, float(record["temperature"]))
-    return out.astype(p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64)
+    probs = softmax_t(logits, float(record["temperature"]))
+    dtype = out.dtype if np.issubdtype(out.dtype, np.floating) else np.float64
+    return np.concatenate([probs, out[:, k:]], axis=1).astype(dtype) if out.shape[1] > k else probs.astype(dtype)
 
 
 def fit_calibration(raw_val_probs: np.ndarray, val_labels: np.ndarray, step: Any, weights: str = "raw",
@@ -156,6 +168,7 @@ def fit_calibration(raw_val_probs: np.ndarray, val_labels: np.ndarray, step: Any
         "method": method,
         "temperature": t,
         "logit_offset": None if offset is None else offset.tolist(),
+        "num_classes": int(logits.shape[1]),
         "checkpoint_step": step,
         "weights": weights,
         "fitted_on": "val",
@@ -226,7 +239,8 @@ def calibrate_run(run: Any, dataset: Any = None, val_probs: np.ndarray | None = 
     val = dataset.split("val")
     if val_probs is None:
         val_probs = run.predict(val)
-    if "label" not in val or not is_probability_output(val_probs, run.info):
+    val_probs = class_probs(val_probs, run.info)
+    if "label" not in val or val_probs is None:
         return None
     record = fit_calibration(val_probs, val["label"], run.step, weights, method, run.info.get("class_weights"))
     if save:

@@ -65,14 +65,15 @@ def evaluate_run(
             method = record.get("method", "temperature")
             label = "temperature scaling" if method == "temperature" else "prior correction + temperature"
             methods[f"{base_name} + {label}"] = unc.judge(task, info, outputs, arrays)
+            raw_probs, probs = cal.class_probs(raw, info), cal.class_probs(outputs, info)
             before_fig = plots.plot_reliability_diagram(
-                clf.reliability_curve(raw, arrays["label"]), out_dir / "reliability_uncalibrated.png")
+                clf.reliability_curve(raw_probs, arrays["label"]), out_dir / "reliability_uncalibrated.png")
             calibration = {
                 "method": method,
                 "temperature": record["temperature"],
                 "note": note,
-                "before": cal.calibration_metrics(raw, arrays["label"]),
-                "after": cal.calibration_metrics(outputs, arrays["label"]),
+                "before": cal.calibration_metrics(raw_probs, arrays["label"]),
+                "after": cal.calibration_metrics(probs, arrays["label"]),
                 "figure_before": str(before_fig),
             }
 

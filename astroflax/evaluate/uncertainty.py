@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from astroflax.errors import CheckpointError, ConfigError
-from astroflax.evaluate.calibration import calibration_metrics, is_probability_output
+from astroflax.evaluate.calibration import calibration_metrics, class_probs, is_probability_output
 
 ENSEMBLE_FILE = "ensemble.json"
 Combiner = Callable[[list[np.ndarray], dict], np.ndarray]
@@ -95,8 +95,9 @@ def judge(task: Any, info: dict, outputs: np.ndarray, arrays: dict) -> dict[str,
     """The task's validation scores plus, for classifiers, ECE / log-loss / accuracy."""
     scores = task.score(outputs, arrays, info)
     out = {k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if "label" in arrays and is_probability_output(outputs, info):
-        out.update(calibration_metrics(outputs, arrays["label"]))
+    probs = class_probs(outputs, info)
+    if "label" in arrays and probs is not None:
+        out.update(calibration_metrics(probs, arrays["label"]))
     return out
 
 

@@ -246,14 +246,17 @@ class ExportedModel:
         t = self.temperature
         if t is None or self.manifest["output"].get("kind") != "probabilities":
             return probs
-        logits = np.log(np.clip(np.asarray(probs, np.float64), np.finfo(np.float64).tiny, None))
+        out = np.asarray(probs)
+        k = len(self.class_names or []) or out.shape[1]  # later columns (e.g. a regression) pass through
+        logits = np.log(np.clip(out[:, :k].astype(np.float64), np.finfo(np.float64).tiny, None))
         offset = self.manifest.get("preprocessing", {}).get("logit_offset")
         if offset is not None:
             logits = logits + np.asarray(offset, np.float64)
         logits = logits / float(t)
         logits -= logits.max(axis=-1, keepdims=True)
         e = np.exp(logits)
-        return (e / e.sum(axis=-1, keepdims=True)).astype(probs.dtype)
+        scaled = e / e.sum(axis=-1, keepdims=True)
+        return np.concatenate([scaled, out[:, k:]], axis=1).astype(out.dtype)
 
 
 def load_export(directory: str | Path, verify: bool = True) -> ExportedModel:

@@ -9,7 +9,6 @@ dimension ``b``, ``outputs`` exactly what the task's ``predict_fn`` returns. See
 from __future__ import annotations
 
 import datetime as _dt
-import csv
 import json
 import os
 import shutil
@@ -61,16 +60,10 @@ def used_inputs(fn, params, model_state, batch: dict[str, np.ndarray]) -> list[s
 
 
 def _output_kind(outputs: np.ndarray, info: dict) -> str:
-    k = info.get("num_classes")
-    if (
-        outputs.ndim == 2
-        and k is not None
-        and outputs.shape[1] == k
-        and np.all(outputs >= 0)
-        and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-4)
-    ):
-        return "probabilities"
-    return "array"
+    """``probabilities`` when the first ``len(class_names)`` columns are class probabilities."""
+    from astroflax.evaluate.calibration import class_probs
+
+    return "probabilities" if class_probs(outputs, info) is not None else "array"
 
 
 def _calibration(run_dir: Path, step: int) -> dict[str, Any]:
@@ -231,18 +224,15 @@ def predict_export_csv(
     export_dir: Path, input_path: Path, output: Path, checkpoint: str = "best", weights: str = "raw", mc_dropout: int = 0
 ) -> str:
     """``astroflax predict EXPORT_DIR``: write the predictions CSV; returns the message to print."""
+    from astroflax.runs import write_predictions
+
     if checkpoint != "best" or weights != "raw" or mc_dropout:
         raise AstroflaxError(
             f"{export_dir} is an export (one fixed checkpoint, raw weights, no dropout): "
             "--checkpoint, --weights and --mc-dropout apply to run directories only"
         )
     rows, manifest = predict_rows(export_dir, input_path)
-    tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["object_id"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, output)  # never leave a half-written predictions file behind
+    write_predictions(output, rows)
     t = manifest.get("preprocessing", {}).get("temperature")
     note = f", temperature scaling T = {t:.4g}" if t and manifest["output"].get("kind") == "probabilities" else ""
     return (

@@ -341,8 +341,8 @@ QUICK = {
     "model": {"widths": [24, 48, 64], "dropout": 0.1, "space_to_depth": 2},
     "optim": {"lr": 3e-3, "weight_decay": 1e-4},
     "schedule": {"warmup_steps": 100},
-    "train": {"steps": 3000, "batch_size": 64, "eval_every": 300, "log_every": 100},
-    "checkpoint": {"every": 300, "keep_latest": 2, "keep_best": 1},
+    "train": {"steps": 2500, "batch_size": 64, "eval_every": 250, "log_every": 100},
+    "checkpoint": {"every": 250, "keep_latest": 2, "keep_best": 1},
 }
 
 FULL = {
