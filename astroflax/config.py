@@ -1,7 +1,7 @@
 """Experiment configuration: one typed, validated tree per run.
 
 A run is fully described by an :class:`ExperimentConfig`. It is built from, in order: the
-task's defaults, a named preset, an optional YAML file and ``--set key=value`` overrides. The
+defaults below, a named preset of the task (a YAML diff, ``astroflax/tasks/presets/``), an optional YAML file and ``--set key=value`` overrides. The
 task-specific ``data`` and ``model`` sections are validated by the task's own pydantic models,
 so an unknown key anywhere is an error that names it.
 """
@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from astroflax.errors import ConfigError
+from astroflax.tasks import get_task
 
 
 class _Strict(BaseModel):
@@ -191,7 +192,7 @@ class TrainConfig(_Strict):
 class CheckpointConfig(_Strict):
     """Orbax checkpointing and retention."""
 
-    every: int = Field(200, ge=1, description="steps between checkpoints")
+    every: int | None = Field(None, ge=1, description="steps between checkpoints; null = train.eval_every")
     keep_latest: int = Field(2, ge=1, description="latest checkpoints kept")
     keep_best: int = Field(1, ge=0, description="best checkpoints kept (by metric)")
     metric: str = Field("val_loss", description="metric ranking the best checkpoints")
@@ -206,12 +207,20 @@ class ExperimentConfig(_Strict):
     name: str | None = Field(None, description="run name; default <task>-<preset>")
     run_dir: str | None = Field(None, description="run directory; default runs/<name>")
     preset: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict, description="task data options")
-    model: dict[str, Any] = Field(default_factory=dict, description="task model options")
+    # The task's own pydantic sections (see finalize_config): typed instances once resolved.
+    data: Any = Field(default_factory=dict, description="task data options")
+    model: Any = Field(default_factory=dict, description="task model options")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=1000))
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _checkpoint_with_eval(self) -> "ExperimentConfig":
+        # Checkpoints follow evaluations unless set: every preset used to restate this by hand.
+        if self.checkpoint.every is None:
+            self.checkpoint.every = self.train.eval_every
+        return self
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or Path("runs") / (self.name or f"{self.task}-{self.preset or 'custom'}"))
@@ -302,13 +311,11 @@ def build_config(
     extra: dict | None = None,
     base: dict | None = None,
 ) -> ExperimentConfig:
-    """Resolve task defaults + preset + YAML file + overrides into a validated config.
+    """Resolve the defaults + the task's preset + YAML file + overrides into a validated config.
 
     ``base`` (a run's saved config) replaces defaults + preset, so that resuming a run needs
     no flags beyond ``--run-dir``; anything given explicitly is still applied on top of it.
     """
-    from astroflax.tasks import get_task
-
     task = get_task(task_name)
     file_values = load_yaml_file(config_file) if config_file else {}
     if base is not None:
@@ -319,7 +326,7 @@ def build_config(
             )
         raw = dict(base)
     else:
-        raw = deep_merge({"task": task.name}, task.defaults)
+        raw = {"task": task.name}
         preset = preset or file_values.get("preset") or "quick"
         if preset not in task.presets:
             raise ConfigError(
@@ -339,8 +346,6 @@ def build_config(
 
 def finalize_config(raw: dict) -> ExperimentConfig:
     """Validate a raw dict (e.g. a saved config.yaml), including the task's own sections."""
-    from astroflax.tasks import get_task
-
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -348,6 +353,6 @@ def finalize_config(raw: dict) -> ExperimentConfig:
     task = get_task(cfg.task)
     data = validate_section(task.data_config, cfg.data, "data")
     model = validate_section(task.model_config, cfg.model, "model")
-    cfg.data = data.model_dump(mode="json")
-    cfg.model = model.model_dump(mode="json")
+    cfg.data = data
+    cfg.model = model
     return cfg

@@ -93,7 +93,7 @@ def finetune(
     """Fine-tune ``task`` from the parameters of run ``source``; returns (TrainResult, MatchReport)."""
     from astroflax.config import build_config
     from astroflax.runs import load_run
-    from astroflax.train.loop import train_and_evaluate
+    from astroflax.train.loop import train
 
     console = console or Console(stderr=True)
     source = Path(source)
@@ -129,7 +129,7 @@ def finetune(
         found["report"] = report
         return new
 
-    result = train_and_evaluate(cfg, console=console, init_params=init_params)
+    result = train(cfg, console=console, init_params=init_params)
     return result, found.get("report")
 
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import functools
+
 import jax
 import numpy as np
 from flax import nnx
@@ -14,13 +16,12 @@ from flax import nnx
 from astroflax.config import ExperimentConfig, finalize_config, load_yaml_file
 from astroflax.errors import CheckpointError
 from astroflax.runtime import enable_compile_cache
-from astroflax.tasks import Task, get_task
+from astroflax.tasks import Task
+from astroflax.tasks.base import PredictFn
 from astroflax.train.checkpoint import Checkpointer, abstract_like
-from astroflax.train.loop import total_steps_for
-from astroflax.train.optim import build_optimizer
+from astroflax.train.components import build_components
 from astroflax.train.predict import predict_arrays
-from astroflax.train.sharding import make_mesh, replicate
-from astroflax.train.state import TrainState, create_state
+from astroflax.train.state import TrainState
 from astroflax.train.step import make_predict_step
 
 
@@ -34,11 +35,16 @@ class LoadedRun:
     state: TrainState
     graphdef: nnx.GraphDef
     mesh: Any
+    predict_fn: PredictFn
+
+    @functools.cached_property
+    def _compiled_predict(self):
+        return jax.jit(make_predict_step(self.graphdef, self.predict_fn))
 
     def predict(self, arrays: dict[str, np.ndarray], batch_size: int | None = None) -> np.ndarray:
-        fn = jax.jit(make_predict_step(self.graphdef, self.task.predict_fn))
+        """The model's outputs for every row of ``arrays`` (host arrays, as a split holds them)."""
         return predict_arrays(
-            fn,
+            self._compiled_predict,
             self.state.params,
             self.state.model_state,
             self.task.device_arrays(arrays),
@@ -65,23 +71,15 @@ def load_run(run_dir: str | Path, which: str | int = "best", weights: str = "raw
     enable_compile_cache()
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    task = get_task(cfg.task)
     ckpt = Checkpointer(run_dir / "checkpoints", read_only=True)
     step = ckpt.resolve_step(which, cfg.checkpoint.metric, cfg.checkpoint.mode)
-    meta = ckpt.read_meta(step)
-    info = meta["info"]
-    model = task.build_model(cfg, info, nnx.Rngs(params=cfg.train.seed))
-    num_train = int(info.get("split_sizes", {}).get("train", cfg.train.batch_size))
-    tx, _ = build_optimizer(cfg.optim, cfg.schedule, total_steps_for(cfg, num_train))
-    graphdef, state = create_state(model, tx, cfg.train.seed)
-    mesh = make_mesh()
-    state = replicate(state, mesh)
-    state, _, _ = ckpt.restore(step, abstract_like(state))
+    c = build_components(cfg, info=ckpt.read_meta(step)["info"])
+    state, _, _ = ckpt.restore(step, abstract_like(c.state))
     if weights != "raw":  # parameter averaging: evaluate/predict with the EMA or SWA weights
         from astroflax.train.averaging import select_weights
 
-        state = select_weights(state, weights, cfg, task, graphdef, mesh)
-    return LoadedRun(run_dir, cfg, task, info, step, state, graphdef, mesh)
+        state = select_weights(state, weights, c)
+    return LoadedRun(run_dir, cfg, c.task, c.info, step, state, c.graphdef, c.mesh, c.predict_fn)
 
 
 def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -18,16 +18,12 @@ import tempfile
 import time
 
 import jax
-import numpy as np
-from flax import nnx
 
 from astroflax.config import build_config
 from astroflax.data.pipeline import TrainStream
 from astroflax.runtime import enable_compile_cache
-from astroflax.tasks import get_task
-from astroflax.train.optim import build_optimizer
-from astroflax.train.sharding import make_mesh, replicate, shard_batch
-from astroflax.train.state import create_state
+from astroflax.train.components import build_components
+from astroflax.train.sharding import replicate, shard_batch
 from astroflax.train.step import init_accumulator, make_train_step
 
 RECIPES = {
@@ -55,16 +51,11 @@ RECIPES = {
 
 def build_step(overrides: list[str]):
     cfg = build_config("transients", "quick", overrides=overrides)
-    task = get_task("transients")
-    dataset = task.load_data(cfg)
-    train = task.device_arrays(dataset.split("train"))
-    model = task.build_model(cfg, dataset.info, nnx.Rngs(params=cfg.train.seed))
-    tx, schedule = build_optimizer(cfg.optim, cfg.schedule, cfg.train.steps)
-    graphdef, state = create_state(model, tx, cfg.train.seed)
-    mesh = make_mesh()
-    state = replicate(state, mesh)
-    step = make_train_step(graphdef, tx, task.loss_fn, schedule, cfg.optim)
-    stream = TrainStream(train, cfg.train.batch_size, seed=0, version=dataset.version)
+    c = build_components(cfg)
+    train = c.task.device_arrays(c.dataset.split("train"))
+    mesh, state = c.mesh, c.state
+    step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim)
+    stream = TrainStream(train, cfg.train.batch_size, seed=0, version=c.dataset.version)
     batches = [shard_batch(next(stream), mesh) for _ in range(8)]
     acc0 = init_accumulator([])
     names = [k for k in jax.eval_shape(step, state, acc0, batches[0])[1] if k != "count"]
@@ -86,7 +77,7 @@ def time_steps(r: dict, n: int) -> float:
 
 
 def accuracy(steps: int) -> dict:
-    from astroflax.train.loop import train_and_evaluate
+    from astroflax.train.loop import train
 
     out = {}
     for prec in ("float32", "bfloat16", "float16"):
@@ -94,7 +85,7 @@ def accuracy(steps: int) -> dict:
             cfg = build_config("transients", "quick", overrides=[
                 f"train.steps={steps}", f"train.eval_every={steps}", f"checkpoint.every={steps}",
                 "train.progress=false", f"optim.precision={prec}", f"run_dir={d}/run"])
-            res = train_and_evaluate(cfg, resume=False)
+            res = train(cfg, resume=False)
             out[prec] = {"val_loss": res.val_metrics["val_loss"], "val_accuracy": res.val_metrics["val_accuracy"],
                          "wall_time_s": res.wall_time}
     return out

@@ -18,30 +18,21 @@ import tempfile
 import time
 
 import jax
-import numpy as np
-from flax import nnx
 
 from astroflax.config import build_config
 from astroflax.data.pipeline import TrainStream
-from astroflax.tasks import get_task
-from astroflax.train.optim import build_optimizer
-from astroflax.train.sharding import make_mesh, replicate, shard_batch
-from astroflax.train.state import create_state
+from astroflax.train.components import build_components
+from astroflax.train.sharding import replicate, shard_batch
 from astroflax.train.step import init_accumulator, make_train_step
 
 
 def steps_per_second(preset: str, overrides: list[str], steps: int) -> tuple[float, int]:
-    cfg = build_config("transients", preset, overrides=overrides)
-    task = get_task("transients")
-    data = task.load_data(cfg)
-    arrays = task.device_arrays(data.split("train"))
-    mesh = make_mesh()
-    model = task.build_model(cfg, data.info, nnx.Rngs(params=0))
-    tx, sched = build_optimizer(cfg.optim, cfg.schedule, 10_000)
-    graphdef, state = create_state(model, tx, 0)
-    state = replicate(state, mesh)
-    step = make_train_step(graphdef, tx, task.loss_fn, sched)
-    stream = TrainStream(arrays, cfg.train.batch_size, 0, data.version)
+    cfg = build_config("transients", preset, overrides=overrides + ["train.seed=0", "train.steps=10000"])
+    c = build_components(cfg)
+    arrays = c.task.device_arrays(c.dataset.split("train"))
+    mesh, state = c.mesh, c.state
+    step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule)
+    stream = TrainStream(arrays, cfg.train.batch_size, 0, c.dataset.version)
     example = shard_batch(next(stream), mesh)
     acc = jax.eval_shape(step, state, init_accumulator([]), example)[1]
     acc = replicate(init_accumulator([k for k in acc if k != "count"]), mesh)

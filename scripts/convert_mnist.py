@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from astroflax.data.splits import stratified_split_codes
-from astroflax.tasks.vae import BUNDLED_NPZ, NUM_CLASSES, content_version, read_digit_csv
+from astroflax.data.digits import BUNDLED_NPZ, NUM_CLASSES, content_version, read_digit_csv
 
 DEFAULT_SRC = Path("/work/shared/data/mnist5k/mnist_5k.csv.gz")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "astroflax" / "data" / "files" / BUNDLED_NPZ

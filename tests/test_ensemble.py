@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from astroflax.evaluate import calibration as cal
+from astroflax import ensembles
 from astroflax.evaluate import uncertainty as unc
 from conftest import TINY_TRANSIENTS, run_cli, set_args
 from test_cli import write_user_data
@@ -43,7 +44,7 @@ def test_mean_of_probabilities_and_gaussian_mixture():
 @pytest.fixture(scope="module")
 def loaded(ensemble_dir):
     """The ensemble loaded in this process, and 40 test rows."""
-    ens = unc.open_run(ensemble_dir)
+    ens = ensembles.open_run(ensemble_dir)
     test = ens.task.load_data(ens.cfg).split("test")
     return ens, {k: v[:40] for k, v in test.items()}
 
@@ -71,7 +72,7 @@ def test_ensemble_directory_and_evaluation(ensemble_dir):
 
 def test_ensemble_averages_member_probabilities(ensemble_dir, loaded):
     ens, rows = loaded
-    assert isinstance(ens, unc.EnsembleRun)
+    assert isinstance(ens, ensembles.EnsembleRun)
     members = ens.member_outputs(rows)
     assert not np.allclose(members[0], members[1], atol=1e-3)  # different seeds, different models
     np.testing.assert_allclose(ens.predict(rows), (members[0] + members[1]) / 2, atol=1e-6)

@@ -27,14 +27,15 @@ def shared_trained_run(tmp_path_factory) -> Path:
     """One tiny transients run, trained and evaluated on test once per session (also used by test_diagnostics)."""
     if "run" not in _SHARED:
         from astroflax.config import build_config
-        from astroflax.evaluate.runner import evaluate_run
-        from astroflax.train.loop import train_and_evaluate
+        from astroflax.evaluate.runner import evaluate_run, save_evaluation
+        from astroflax.runs import load_run
+        from astroflax.train.loop import train
 
         run_dir = tmp_path_factory.mktemp("shared") / "run"
         cfg = build_config("transients", None, None, TINY_TRANSIENTS + ["train.progress=false"],
                            extra={"run_dir": str(run_dir)})
-        train_and_evaluate(cfg)
-        evaluate_run(run_dir, "test", write_html=False)
+        train(cfg)
+        save_evaluation(evaluate_run(load_run(run_dir), "test"))
         _SHARED["run"] = run_dir
     return _SHARED["run"]
 

@@ -193,11 +193,13 @@ def _tiny_morphology_model(**model):
 
     from flax import nnx
 
-    from astroflax.tasks import get_task
+    from astroflax.tasks import morphology as m
 
-    task = get_task("morphology")
-    cfg = SimpleNamespace(model={"widths": [8, 16], "dropout": 0.0, "space_to_depth": 1, **model})
-    return task, task.build_model(cfg, {"image_size": 16, "num_classes": 6}, nnx.Rngs(0))
+    task = m.TASK
+    cfg = SimpleNamespace(data=m.MorphologyData(),
+                          model=m.MorphologyModel(widths=[8, 16], dropout=0.0, space_to_depth=1, **model))
+    info = {"image_size": 16, "num_classes": 6}
+    return task, task.build_model(cfg, info, nnx.Rngs(0)), cfg, info
 
 
 def test_trainer_updates_batch_stats_and_eval_freezes_them():
@@ -210,7 +212,8 @@ def test_trainer_updates_batch_stats_and_eval_freezes_them():
     from astroflax.train.state import create_state
     from astroflax.train.step import init_accumulator, make_predict_step, make_train_step
 
-    task, model = _tiny_morphology_model(augment=False, desaturate=0.0, colour_jitter=0.0)
+    task, model, cfg, info = _tiny_morphology_model(augment=False, desaturate=0.0, colour_jitter=0.0)
+    loss_fn, predict_fn = task.make_loss_fn(cfg, info), task.make_predict_fn(cfg, info)
     tx, schedule = build_optimizer(OptimConfig(), ScheduleConfig(name="constant"), 10)
     graphdef, state = create_state(model, tx, 0)
     r = np.random.default_rng(0)
@@ -219,13 +222,13 @@ def test_trainer_updates_batch_stats_and_eval_freezes_them():
 
     def bn0(st):
         m = nnx.merge(graphdef, st.params, st.model_state)
-        return m, np.asarray(m.cnn.norms[0].mean[...]), np.asarray(m.cnn.norms[0].var[...])
+        return m, np.asarray(m.norms[0].mean[...]), np.asarray(m.norms[0].var[...])
 
     m0, mean0, var0 = bn0(state)
     np.testing.assert_array_equal(mean0, 0.0)
     np.testing.assert_array_equal(var0, 1.0)
-    h = np.asarray(m0.cnn.convs[0](jnp.asarray(batch["image"])))  # first conv output with the step's params
-    step = jax.jit(make_train_step(graphdef, tx, task.loss_fn, schedule))
+    h = np.asarray(m0.convs[0](jnp.asarray(batch["image"])))  # first conv output with the step's params
+    step = jax.jit(make_train_step(graphdef, tx, loss_fn, schedule))
     names = [k for k in jax.eval_shape(step, state, init_accumulator([]), batch)[1] if k != "count"]
     state1, acc = step(state, init_accumulator(names), batch)
     assert np.isfinite(float(acc["loss"]))
@@ -236,29 +239,31 @@ def test_trainer_updates_batch_stats_and_eval_freezes_them():
     state2, _ = step(state1, init_accumulator(names), batch)
     assert not np.allclose(bn0(state2)[1], mean1)  # and keep moving step after step
 
-    predict = jax.jit(make_predict_step(graphdef, task.predict_fn))
+    predict = jax.jit(make_predict_step(graphdef, predict_fn))
     full = np.asarray(predict(state2.params, state2.model_state, {"image": batch["image"]}))
     alone = np.asarray(predict(state2.params, state2.model_state, {"image": batch["image"][:1]}))
     np.testing.assert_allclose(alone[0], full[0], rtol=1e-4, atol=1e-6)
     m2 = nnx.merge(graphdef, state2.params, state2.model_state)
-    task.loss_fn(m2, {**batch, "_weight": np.ones(8, np.float32)}, jax.random.key(0), False)  # eval-mode loss
-    np.testing.assert_array_equal(np.asarray(m2.cnn.norms[0].mean[...]), bn0(state2)[1])
+    loss_fn(m2, {**batch, "_weight": np.ones(8, np.float32)}, jax.random.key(0), False)  # eval-mode loss
+    np.testing.assert_array_equal(np.asarray(m2.norms[0].mean[...]), bn0(state2)[1])
 
 
 def test_colour_augmentation_keeps_band_order_and_weakens_colour():
     """Per-band gains are one factor per (image, band); desaturation pulls bands together; no band swap."""
-    _, model = _tiny_morphology_model(augment=False, desaturate=0.0, colour_jitter=0.3)
+    from astroflax.tasks.morphology import make_augment_fn
+
+    augmented = make_augment_fn(_tiny_morphology_model(augment=False, desaturate=0.0, colour_jitter=0.3)[2])
     r = np.random.default_rng(1)
     x = np.abs(r.normal(size=(64, 16, 16, 3))).astype(np.float32) + 0.1
     x[..., 0] += 2.0  # a strongly "blue" (g-bright) batch
-    y = np.asarray(jax.jit(model.augmented)(jnp.asarray(x), jax.random.key(3)))
+    y = np.asarray(jax.jit(augmented)(jnp.asarray(x), jax.random.key(3)))
     gain = y / x
     np.testing.assert_allclose(gain, np.broadcast_to(gain[:, :1, :1, :], gain.shape), rtol=1e-5)  # constant over pixels
     g = gain[:, 0, 0, :]
     assert 0.15 < np.log(g).std() < 0.45 and not np.allclose(g[:, 0], g[:, 1])
     assert (y[..., 0].mean(axis=(1, 2)) > y[..., 1].mean(axis=(1, 2))).mean() > 0.95  # g stays brightest
-    _, grey = _tiny_morphology_model(augment=False, desaturate=1.0, colour_jitter=0.0)
-    z = np.asarray(jax.jit(grey.augmented)(jnp.asarray(x), jax.random.key(4)))
+    grey = make_augment_fn(_tiny_morphology_model(augment=False, desaturate=1.0, colour_jitter=0.0)[2])
+    z = np.asarray(jax.jit(grey)(jnp.asarray(x), jax.random.key(4)))
     spread_in, spread_out = x.std(axis=-1).mean(axis=(1, 2)), z.std(axis=-1).mean(axis=(1, 2))
     assert (spread_out <= spread_in + 1e-5).all() and (spread_out < 0.8 * spread_in).mean() > 0.5
     np.testing.assert_allclose(z.mean(axis=-1), x.mean(axis=-1), rtol=1e-5)  # brightness kept
@@ -270,7 +275,7 @@ def test_real_cutouts_take_the_user_file_path(tmp_path: Path):
 
     from astroflax.tasks import morphology as m
 
-    gz = m.load_galaxy_zoo_smoke()
+    gz = im.load_galaxy_zoo_smoke()
     for i in range(3):
         Image.fromarray(gz["image_rgb"][i]).save(tmp_path / f"gz{i}.png")
     info = {"image_size": 32, "softening": 0.1, "crop": 1.0}

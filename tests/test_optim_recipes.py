@@ -414,17 +414,17 @@ def test_resume_with_ema_is_bitwise_and_ema_is_selectable(tmp_path):
     import orbax.checkpoint as ocp
 
     from astroflax.runs import load_run
-    from astroflax.train.loop import train_and_evaluate
+    from astroflax.train.loop import train
 
     overrides = [o for o in TINY_TRANSIENTS if not o.startswith(("train.steps", "checkpoint.every", "train.eval_every"))]
     overrides += ["train.steps=10", "checkpoint.every=5", "train.eval_every=5", "checkpoint.keep_best=0",
                   "train.progress=false", "optim.ema.decay=0.9", "optim.swa.start_step=4"]
     full = tmp_path / "full"
-    train_and_evaluate(build_config("transients", "quick", overrides=overrides + [f"run_dir={full}"]), resume=False)
+    train(build_config("transients", "quick", overrides=overrides + [f"run_dir={full}"]), resume=False)
     part = tmp_path / "part"
     shutil.copytree(full, part)
     shutil.rmtree(part / "checkpoints" / "10")  # as if the run had stopped at step 5
-    res = train_and_evaluate(build_config("transients", "quick", overrides=overrides + [f"run_dir={part}"]), resume=True)
+    res = train(build_config("transients", "quick", overrides=overrides + [f"run_dir={part}"]), resume=True)
     assert res.step == 10
 
     def final(run_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -69,18 +70,24 @@ def test_bundled_data_round_trip():
 
 
 def _model_and_batch(overrides):
+    """The config's bound loss and predict functions, a fresh model and 64 validation rows."""
     task = get_task("photoz")
     cfg = build_config("photoz", "quick", None, overrides)
     ds = task.load_data(cfg)
     model = task.build_model(cfg, ds.info, nnx.Rngs(params=0))
     val = ds.splits["val"]
     batch = {k: jnp.asarray(val[k][:64]) for k in ("mag", "mag_err", "z")}
-    return task, model, batch
+    fns = types.SimpleNamespace(loss_fn=task.make_loss_fn(cfg, ds.info), predict_fn=task.make_predict_fn(cfg, ds.info))
+    return fns, model, batch
+
+
+def _scalar_loss(fns):
+    return nnx.jit(lambda m, b, k, train: fns.loss_fn(m, b, k, train)[0], static_argnums=3)
 
 
 def test_training_noise_is_on_device_from_the_step_rng():
     task, model, batch = _model_and_batch(["model.head=gaussian"])
-    loss = nnx.jit(lambda m, b, k, train: task.loss_fn(m, b, k, train)[0], static_argnums=3)
+    loss = _scalar_loss(task)
     k1, k2 = jax.random.key(1), jax.random.key(2)
     l1 = float(loss(model, batch, k1, True))
     assert l1 == float(loss(model, batch, k1, True))  # same key, same noise
@@ -90,6 +97,7 @@ def test_training_noise_is_on_device_from_the_step_rng():
     out = np.asarray(nnx.jit(task.predict_fn)(model, batch))
     assert out.shape == (64, 3) and np.allclose(out[:, 0], 1.0) and np.all(out[:, 2] > 0)
     task, model, batch = _model_and_batch(["model.head=gaussian", "data.noise_augment=false"])
+    loss = _scalar_loss(task)
     assert float(loss(model, batch, k1, True)) == float(loss(model, batch, k2, True))
     # huber adds its term on top of the NLL
     task, model, batch = _model_and_batch(["model.loss=huber"])

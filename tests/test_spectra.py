@@ -16,6 +16,7 @@ from astropy.io import fits
 from flax import nnx
 
 from astroflax.data import spectra as sp
+from astroflax.data import spectra_synth as synth
 from astroflax.errors import ConfigError, DataError
 from astroflax.models.spectra import SpectralConvolution, SpectrumCNN
 from astroflax.tasks import spectra as task_mod
@@ -187,7 +188,7 @@ def test_continuum_normalisation_and_mixing():
 def test_leave_templates_out_split_is_disjoint():
     t = sp.load_templates()
     d = task_mod.SpectraData(num_train=200, val_per_type=3, test_per_snr=2, num_pixels=256)
-    splits, parts = task_mod.build_splits(d, t)
+    splits, parts = synth.build_splits(d, t)
     sets = {k: set(v.tolist()) for k, v in parts.items()}
     assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
     assert sets["train"] | sets["val"] | sets["test"] == set(range(len(t)))
@@ -199,12 +200,12 @@ def test_leave_templates_out_split_is_disjoint():
     assert sorted(set(splits["test"]["snr"].tolist())) == [5.0, 10.0, 20.0, 50.0, 100.0]
     assert splits["train"]["flux"].shape == (200, 256) and splits["train"]["flux"].dtype == np.float32
     np.testing.assert_array_equal(splits["train"]["label"], np.floor(splits["train"]["subtype"] + 1e-6))
-    again, _ = task_mod.build_splits(d, t)  # deterministic from the seed
+    again, _ = synth.build_splits(d, t)  # deterministic from the seed
     np.testing.assert_array_equal(again["test"]["flux"], splits["test"]["flux"])
     with pytest.raises(ConfigError, match="without training templates"):
-        task_mod.template_split(t, ["O5V"], ["O9V"])
+        synth.template_split(t, ["O5V"], ["O9V"])
     with pytest.raises(ConfigError, match="unknown spectral type"):
-        task_mod.template_split(t, ["X1V"], [])
+        synth.template_split(t, ["X1V"], [])
 
 
 # ----------------------------------------------------------------------------- model

@@ -16,9 +16,11 @@ from flax import nnx
 from matplotlib.image import imread
 
 from astroflax.config import build_config
+from astroflax.data import digits
 from astroflax.errors import DataError
 from astroflax.models.vae import bernoulli_nll, gaussian_kl, reparameterize
 from astroflax.tasks import get_task
+from astroflax.tasks import digits as digits_task
 from astroflax.tasks import vae as vae_task
 from conftest import REPO, run_cli, set_args
 
@@ -56,7 +58,7 @@ def test_bundled_mnist_split_is_stratified() -> None:
     for code, per_class in ((0, 360), (1, 40), (2, 100)):  # train / val (10% of train) / test (20%)
         counts = np.bincount(d["label"][d["split"] == code], minlength=10)
         assert counts.tolist() == [per_class] * 10, (code, counts)
-    assert str(d["version"]) == vae_task.content_version(d["image"], d["label"], d["split"])
+    assert str(d["version"]) == digits.content_version(d["image"], d["label"], d["split"])
 
 
 def test_converter_on_a_synthetic_csv(tmp_path: Path) -> None:
@@ -131,12 +133,14 @@ def test_loss_decreases_and_kl_warms_up() -> None:
     model = task.build_model(cfg, data.info, nnx.Rngs(params=0))
     train = data.split("train")
     batch = {k: jnp.asarray(v[:128]) for k, v in train.items()}
-    assert float(vae_task.kl_weight(model, {**batch, "_step": jnp.int32(49)})) == pytest.approx(0.5)
-    assert float(vae_task.kl_weight(model, batch)) == 1.0  # no step (evaluation): full beta
-    model.beta_start = 9.0  # annealing down: 9 -> 1 over 100 steps
-    assert float(vae_task.kl_weight(model, {**batch, "_step": jnp.int32(49)})) == pytest.approx(5.0)
-    assert float(vae_task.kl_weight(model, {**batch, "_step": jnp.int32(500)})) == pytest.approx(1.0)
-    model.beta_start = 0.0
+    settings = cfg.model  # the KL ramp reads the model section of the config
+    assert float(vae_task.kl_weight(settings, {**batch, "_step": jnp.int32(49)})) == pytest.approx(0.5)
+    assert float(vae_task.kl_weight(settings, batch)) == 1.0  # no step (evaluation): full beta
+    settings.beta_start = 9.0  # annealing down: 9 -> 1 over 100 steps
+    assert float(vae_task.kl_weight(settings, {**batch, "_step": jnp.int32(49)})) == pytest.approx(5.0)
+    assert float(vae_task.kl_weight(settings, {**batch, "_step": jnp.int32(500)})) == pytest.approx(1.0)
+    settings.beta_start = 0.0
+    loss_fn = task.make_loss_fn(cfg, data.info)
     graphdef, params = nnx.split(model)
     tx = optax.adam(3e-3)
     opt = tx.init(params)
@@ -144,7 +148,7 @@ def test_loss_decreases_and_kl_warms_up() -> None:
     @jax.jit
     def step(p, s, key):
         def f(p):
-            return task.loss_fn(nnx.merge(graphdef, p), {**batch, "_step": jnp.int32(1000)}, key, True)
+            return loss_fn(nnx.merge(graphdef, p), {**batch, "_step": jnp.int32(1000)}, key, True)
 
         (loss, aux), g = jax.value_and_grad(f, has_aux=True)(p)
         u, s = tx.update(g, s, p)
@@ -173,7 +177,7 @@ def test_train_sample_evaluate_cli(tmp_path: Path, capsys: pytest.CaptureFixture
     assert Path(report["figures"]["samples"]).is_file()
     note = json.loads((run_dir / "eval" / "digit_classifier" / "classifier.json").read_text())
     assert note["test_accuracy"] == report["classifier_test_accuracy"] and note["steps"] == 40
-    judge, cached = vae_task.digit_classifier(run_dir / "eval" / "digit_classifier", 40, 0)
+    judge, cached = digits_task.judge(40, 0)
     assert cached["cached"] is True and cached["test_accuracy"] == note["test_accuracy"]
 
     from astroflax.cli import main

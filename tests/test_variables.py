@@ -11,6 +11,7 @@ import pytest
 from astropy.timeseries import LombScargle
 
 from astroflax.data import variable_sim as vs
+from astroflax.data import visits
 from astroflax.errors import DataError
 from astroflax.tasks import variables as var
 from conftest import run_cli, set_args
@@ -79,7 +80,7 @@ def test_class_balance_ranges_and_determinism(sim):
 
 
 def test_per_band_normalisation(sim):
-    arrays = var._model_arrays(sim["time"], sim["mag"], sim["mag_err"], sim["band"], sim["mask"], var.VariablesData())
+    arrays = visits.model_arrays(sim["time"], sim["mag"], sim["mag_err"], sim["band"], sim["mask"], var.VariablesData().normalise)
     i = int(np.flatnonzero(sim["label"] == 6)[0])  # a Mira: brighter = positive flux
     for b in range(5):
         sel = sim["mask"][i] & (sim["band"][i] == b)
@@ -106,7 +107,8 @@ def test_bundled_real_data():
 
 
 def test_real_smoke_arrays_follow_the_band_mapping():
-    arrays, objects = var._real_arrays(var.VariablesData(max_len=64))
+    d = var.VariablesData(max_len=64)
+    arrays, objects = visits.real_smoke_arrays(d.max_len, d.years, d.max_err, d.normalise)
     assert len(objects) == 17 and arrays["mask"].shape == (17, 64)
     assert [o["label"] for o in objects[10:]] == ["Mira", "Cepheid", "Mira", "Cepheid", "EB_contact", "Mira", "EB_contact"]
     assert set(np.unique(arrays["band"][arrays["mask"]])) == {1, 2}  # B, V -> g; R -> r
@@ -145,23 +147,23 @@ def test_predict_table_errors(tmp_path, change, expected):
     for r in rows:
         change(r)
     with pytest.raises(DataError) as e:
-        var.read_table(_write_csv(tmp_path / "in.csv", rows))
+        visits.read_table(_write_csv(tmp_path / "in.csv", rows))
     assert expected in str(e.value) and "\n" not in str(e.value)
 
 
 def test_predict_table_flux_and_paths(tmp_path):
     rows = [{"object_id": 5, "time": 1.0 + i, "band": "r", "flux": 100.0 - i, "flux_err": 2.0} for i in range(4)]
-    out, ids = var.read_table(_write_csv(tmp_path / "f.csv", rows))
+    out, ids = visits.read_table(_write_csv(tmp_path / "f.csv", rows))
     assert ids.tolist() == [5] and np.allclose(out["mag"], -2.5 * np.log10([100, 99, 98, 97]))
     assert np.allclose(out["err"][0], 2.5 / np.log(10) * 2 / 100) and out["band"].tolist() == [2] * 4
     rows[2]["flux"] = 0.0
     with pytest.raises(DataError, match="column 'flux', line 4 .*expected a positive flux"):
-        var.read_table(_write_csv(tmp_path / "f.csv", rows))
+        visits.read_table(_write_csv(tmp_path / "f.csv", rows))
     with pytest.raises(DataError, match="is a directory"):
-        var.read_table(tmp_path)
+        visits.read_table(tmp_path)
     with pytest.raises(DataError, match="no visit with an error <= 0.5 mag"):
-        var.pad_ragged(np.array([0, 2]), np.array([0.0, 1.0]), np.zeros(2), np.array([0.9, 1.0]), np.zeros(2, int),
-                       16, 3.0, 0.5, ["object_id 'x'"])
+        visits.pad_ragged(np.array([0, 2]), np.array([0.0, 1.0]), np.zeros(2), np.array([0.9, 1.0]), np.zeros(2, int),
+                          16, 3.0, 0.5, ["object_id 'x'"])
 
 
 def test_cli_train_evaluate_predict(tmp_path):

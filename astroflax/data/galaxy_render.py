@@ -10,17 +10,20 @@ field stars, and Gaussian sky noise is added at a 5-sigma point-source depth.
 
 Everything is numpy, vectorised over a chunk of galaxies (no Python loop over pixels or
 galaxies). Images are float32 ``(N, H, W, 3)`` in nanomaggies (zero point 22.5) per pixel,
-bands ordered g, r, i.
+bands ordered g, r, i. :func:`rendered_splits` makes the ``morphology`` training, validation
+and test sets from a generator config and keeps them in the disk cache
+(:func:`astroflax.data.cache.cached_arrays`), since rendering takes up to a minute.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from typing import Literal
 
 import numpy as np
+
+from astroflax.data import images as im
+from astroflax.data.cache import cached_arrays, content_hash
 
 CLASS_NAMES: tuple[str, ...] = ("E", "S0", "Sa", "Sb", "Sc", "Irr")
 SMOOTH_CLASSES: tuple[str, ...] = ("E", "S0")  # Galaxy Zoo "smooth"; the rest are "featured"
@@ -59,8 +62,7 @@ class RenderConfig:
     noise_band_correlation: float = 0.9  # per image, band-to-band noise correlation is uniform in [0, this]
 
     def key(self) -> str:
-        payload = json.dumps({**dataclasses.asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return content_hash({**dataclasses.asdict(self), "version": GENERATOR_VERSION})
 
 
 def _colour_ratios(gr: np.ndarray, ri: np.ndarray) -> np.ndarray:
@@ -262,6 +264,51 @@ def render_set(counts_per_class: int, cfg: RenderConfig, seed: int, chunk: int =
     seeds = rng.integers(0, 2**63 - 1, -(-len(labels) // chunk))
     parts = [render_galaxies(labels[i * chunk:(i + 1) * chunk], cfg, int(s)) for i, s in enumerate(seeds)]
     return np.concatenate(parts, axis=0), labels
+
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def render_splits(
+    cfg: RenderConfig, per_class: dict[str, int], seed: int, softening: float,
+    softening_jitter: float = 0.0, display_fraction: float = 0.0,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Class-balanced train/val/test sets, normalised (float16 images) as the model sees them.
+
+    Training images get a per-image softening ``softening * exp(U(-j, j))`` and a
+    ``display_fraction`` share pass through :func:`survey_display`, because real cutouts arrive
+    stretched and quantised; validation and test images are the plain rendering.
+    """
+    seeds = np.random.SeedSequence(seed).generate_state(4, np.uint64)
+    out = {}
+    for i, name in enumerate(SPLITS):
+        flux, labels = render_set(per_class[name], cfg, int(seeds[i]))
+        soft = np.full(len(labels), softening, np.float32)
+        if name == "train":
+            rng = np.random.default_rng(int(seeds[3]))
+            if softening_jitter > 0:
+                soft = soft * np.exp(rng.uniform(-softening_jitter, softening_jitter, len(labels))).astype(np.float32)
+            shown = rng.random(len(labels)) < display_fraction
+            if shown.any():
+                flux[shown] = survey_display(flux[shown], int(rng.integers(2**31)))
+        out[name] = {"image": im.normalise(flux, soft).astype(np.float16), "label": labels}
+    return out
+
+
+def rendered_splits(
+    cfg: RenderConfig, per_class: dict[str, int], seed: int, softening: float,
+    softening_jitter: float = 0.0, display_fraction: float = 0.0, cache: bool = True,
+) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """:func:`render_splits` from the disk cache (``<cache>/morphology/rendered-<key>.npz``) when present; and the key."""
+    spec = {"render": cfg.key(), **{f"{s}_per_class": int(per_class[s]) for s in SPLITS}, "seed": seed,
+            "softening": softening, "softening_jitter": softening_jitter, "display_fraction": display_fraction}
+
+    def make() -> dict[str, np.ndarray]:
+        splits = render_splits(cfg, per_class, seed, softening, softening_jitter, display_fraction)
+        return {f"{s}_{k}": v for s, arrays in splits.items() for k, v in arrays.items()}
+
+    flat, key = cached_arrays("morphology", spec, make, enabled=cache, prefix="rendered-")
+    return {s: {"image": flat[f"{s}_image"], "label": flat[f"{s}_label"]} for s in SPLITS}, key
 
 
 def concentration(images: np.ndarray, radius: float, band: int = 1) -> np.ndarray:

@@ -9,10 +9,15 @@ stretch). Band conventions (the model's channels are g, r, i):
 - Grayscale images and 2-D FITS: one band, replicated to all three channels.
 - 3-D FITS cubes: three bands along the first (``(3, H, W)``) or last (``(H, W, 3)``) axis,
   taken in the order g, r, i.
+
+Also the bundled Galaxy Zoo cutouts (``files/galaxy_zoo_smoke.npz``, see
+``PROVENANCE_galaxy_zoo.md``), which :func:`prepare_real` turns into model inputs exactly as
+user files are.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from astroflax.errors import DataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 SUPPORTED = IMAGE_EXTENSIONS + FITS_EXTENSIONS
+GALAXY_ZOO_FILE = "galaxy_zoo_smoke.npz"
 
 
 def _suffix(path: Path) -> str:
@@ -152,3 +158,18 @@ def load_images(path: str | Path, size: int, crop: float = 1.0, softening: float
     files = list_image_files(path)
     imgs = [to_model_size(read_image(f), size, crop) for f in files]
     return normalise(np.stack(imgs), softening), [f.name for f in files]
+
+
+def prepare_real(rgb_or_bands: np.ndarray, size: int, crop: float, softening: float, rgb: bool = True) -> np.ndarray:
+    """Real images (N, H, W, 3) -> model inputs, exactly as :func:`load_images` prepares user files."""
+    x = np.asarray(rgb_or_bands, np.float32)
+    if rgb:
+        x = x[..., ::-1]  # R, G, B -> g, r, i order (see the module docstring)
+    return normalise(np.stack([to_model_size(a, size, crop) for a in x]), softening)
+
+
+def load_galaxy_zoo_smoke() -> dict[str, np.ndarray]:
+    """The bundled real cutouts: RGB uint8 (21, 128, 128, 3), ids, vote fractions (see PROVENANCE_galaxy_zoo.md)."""
+    ref = resources.files("astroflax.data") / "files" / GALAXY_ZOO_FILE
+    with resources.as_file(ref) as p, np.load(p, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

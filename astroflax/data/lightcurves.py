@@ -15,7 +15,6 @@ Two sources give the same :class:`LightCurveSet` (a ragged, flat representation)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from astroflax.data.cache import content_hash
 from astroflax.errors import DataError
 
 __all__ = [
@@ -150,18 +150,6 @@ def _segment_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     total = int(lengths.sum())
     seg_start_in_out = np.cumsum(lengths) - lengths
     return np.arange(total, dtype=np.int64) + np.repeat(starts - seg_start_in_out, lengths)
-
-
-def _content_version(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, np.ndarray):
-            a = np.ascontiguousarray(p)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes())
-        else:
-            h.update(repr(p).encode())
-    return h.hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- bundled
@@ -513,8 +501,8 @@ def load_user_lightcurves(directory: str | Path, class_names: list[str] | None =
     split = None if split is None else split[order_m]
 
     flux32, ferr32 = flux.astype(np.float32), flux_err.astype(np.float32)
-    version = _content_version(object_id, offsets, mjd, flux32, ferr32, passband, detected,
-                               labels, meta, meta_missing, split, names)
+    version = content_hash(object_id, offsets, mjd, flux32, ferr32, passband, detected,
+                           labels, meta, meta_missing, split, names, length=12)
     return LightCurveSet(
         object_id=object_id, offsets=offsets, mjd=mjd, flux=flux32, flux_err=ferr32,
         passband=passband, detected=detected, labels=labels, meta=meta,

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import scipy.fft
 
+from astroflax.data.cache import content_hash
 from astroflax.errors import DataError
 
 FILES = Path(__file__).parent / "files"
@@ -88,7 +88,7 @@ def load_templates(path: str | Path = TEMPLATES_FILE) -> Templates:
             subtype=d["subtype"].astype(np.float32),
             scale=d["scale"].astype(np.float32),
             metallicity=d["metallicity"].astype(np.int8),
-            digest=hashlib.sha256(path.read_bytes()).hexdigest()[:12],
+            digest=content_hash(path.read_bytes(), length=12),
         )
     return out
 

@@ -36,6 +36,8 @@ random number of visits per object. Photometric errors follow Ivezic et al. (201
 111, eq. 4-5): sigma_rand^2 = (0.04 - gamma) x + gamma x^2, x = 10^(0.4 (m - m5)), with the
 LSST single-visit depths m5 jittered per visit by 0.25 mag, plus a 0.005 mag systematic floor.
 Visits with sigma > ``max_err`` count as non-detections and are dropped (mask False).
+
+:func:`cached_simulation` keeps a simulated set in the disk cache (``astroflax.data.cache``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from importlib import resources
 
 import numpy as np
 
-__all__ = ["BANDS", "CLASSES", "Survey", "RRTemplates", "load_real", "load_templates", "simulate"]
+from astroflax.data.cache import cached_arrays, content_hash
+
+__all__ = ["BANDS", "CLASSES", "Survey", "RRTemplates", "cached_simulation", "load_real", "load_templates", "simulate"]
 
 CLASSES: tuple[str, ...] = (
     "RRab", "RRc", "Cepheid", "EB_detached", "EB_contact", "delta_Scuti", "Mira", "non_variable",
@@ -66,6 +70,7 @@ _GR = {  # g-r range per class
     "EB_contact": (0.2, 0.9), "delta_Scuti": (-0.1, 0.3), "Mira": (1.2, 1.8), "non_variable": (0.0, 1.4),
 }
 _FILE = "variable_stars.npz"
+_CACHE_FORMAT = 1  # bump when simulate() changes its output for the same arguments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,3 +313,21 @@ def simulate(
         "amplitude": amplitude.astype(np.float32),
         "mean_r": mean_r.astype(np.float32),
     }
+
+
+def bundle_version() -> str:
+    """Hash of the bundled file (templates + real curves): simulations depend on its content."""
+    return content_hash(resources.files("astroflax.data").joinpath("files", _FILE).read_bytes(), length=12)
+
+
+def cached_simulation(n_per_class: int, seed: int, *, max_len: int, min_obs: int, years: float,
+                      season_days: float, max_err: float) -> tuple[dict[str, np.ndarray], str]:
+    """:func:`simulate` for a :class:`Survey` of these settings, from ``cache_dir()/variables/sim-<hash>.npz``.
+
+    Generation takes seconds; returns the arrays and the hash of everything deciding them.
+    ``min_obs`` is capped at ``max_len``. Raises ValueError for a survey that cannot be simulated.
+    """
+    spec = {"n_per_class": n_per_class, "seed": seed, "max_len": max_len, "min_obs": min_obs, "years": years,
+            "season_days": season_days, "max_err": max_err, "format": _CACHE_FORMAT, "bundle": bundle_version()}
+    survey = Survey(years=years, season_days=season_days, max_obs=max_len, min_obs=min(min_obs, max_len), max_err=max_err)
+    return cached_arrays("variables", spec, lambda: simulate(n_per_class, seed, survey), prefix="sim-")

@@ -80,13 +80,14 @@ def _val_metrics(records: list[dict], step: int) -> dict[str, Any]:
     return vals[-1] if vals else {}
 
 
-def _is_classifier(info: dict, val: dict) -> bool:
-    return bool(info.get("num_classes")) and "val_accuracy" in val
+def _is_classifier(task: Any, val: dict) -> bool:
+    """A classifier by its declaration, with the accuracy it logs (the chance comparison needs it)."""
+    return task.is_classifier and "val_accuracy" in val
 
 
-def better_than_chance(info: dict, val: dict, data: dict | None, step: int) -> dict[str, Any]:
+def better_than_chance(task: Any, info: dict, val: dict, data: dict | None, step: int) -> dict[str, Any]:
     name = "validation better than chance"
-    if _is_classifier(info, val):
+    if _is_classifier(task, val):
         k = int(info["num_classes"])
         counts = (info.get("class_counts") or {}).get("val")
         if counts is None and data is not None and "label" in data.get("val", {}):
@@ -117,12 +118,12 @@ def better_than_chance(info: dict, val: dict, data: dict | None, step: int) -> d
     return _item("better_than_chance", name, "n/a", None, "no accuracy, task baseline or RMSE to compare against")
 
 
-def calibrated(run_dir: Path, step: int, info: dict, val: dict, test_probs, test_labels) -> dict[str, Any]:
+def calibrated(run_dir: Path, step: int, task: Any, val: dict, test_probs, test_labels) -> dict[str, Any]:
     name = f"calibrated (ECE <= {MAX_ECE})"
     from astroflax.evaluate.calibration import apply_calibration, calibration_for
     from astroflax.evaluate.classification import expected_calibration_error
 
-    if not _is_classifier(info, val):
+    if not _is_classifier(task, val):
         return _item("calibrated", name, "n/a", None, "not a classifier")
     record, note = calibration_for(run_dir, step, "raw")
     if test_probs is not None and test_labels is not None:
@@ -227,7 +228,7 @@ def latency_and_memory(run, arrays: dict[str, np.ndarray] | None, repeats_1: int
     device = jax.devices()[0]
     params = jax.device_put(jax.device_get(run.state.params), device)
     state = jax.device_put(jax.device_get(run.state.model_state), device)
-    fn = jax.jit(make_predict_step(run.graphdef, run.task.predict_fn))
+    fn = jax.jit(make_predict_step(run.graphdef, run.predict_fn))
     rss_before = _current_rss()
     timings, compiled = {}, None
     for bs, repeats in ((1, repeats_1), (256, repeats_256)):
@@ -299,17 +300,15 @@ def run_checklist(run_dir: str | Path, checkpoint: str | int = "best", run: Any 
         data = dataset.splits
     except (AstroflaxError, OSError) as exc:
         data_error = str(exc)
-    items.append(better_than_chance(run.info, val, data, run.step))
+    items.append(better_than_chance(run.task, run.info, val, data, run.step))
 
     test = data.get("test") if data else None
     arrays = run.task.device_arrays(test) if test is not None else None
     test_probs = test_labels = None
-    if arrays is not None and _is_classifier(run.info, val) and "label" in test:
-        from astroflax.evaluate.calibration import class_probs
-
-        test_probs = class_probs(run.predict(arrays), run.info)
+    if arrays is not None and _is_classifier(run.task, val) and "label" in test:
+        test_probs = run.task.class_probs(run.predict(arrays), run.info)
         test_labels = test["label"] if test_probs is not None else None
-    items.append(calibrated(run_dir, run.step, run.info, val, test_probs, test_labels))
+    items.append(calibrated(run_dir, run.step, run.task, val, test_probs, test_labels))
     items.append(evaluated_on_test(run_dir, run.step))
     items.append(reloads_identically(run, checkpoint, arrays, run_dir))
     items.extend(latency_and_memory(run, arrays))
@@ -318,3 +317,23 @@ def run_checklist(run_dir: str | Path, checkpoint: str | int = "best", run: Any 
             if item["status"] == "n/a" and "no data" in item["detail"]:
                 item["detail"] += f" ({data_error})"
     return items
+
+
+CHECKLIST_FILE = "checklist.json"
+
+
+def save_checklist(run_dir: str | Path, items: list[dict[str, Any]], step: int) -> Path:
+    """Write the checklist of checkpoint ``step`` to ``run_dir/checklist.json`` for the report."""
+    from astroflax.runs import write_json
+
+    return write_json(Path(run_dir) / CHECKLIST_FILE, {"step": int(step), "items": items})
+
+
+def load_checklist(run_dir: str | Path) -> dict[str, Any] | None:
+    """The saved checklist (``{"step", "items"}``), or None when there is none or it is unreadable."""
+    path = Path(run_dir) / CHECKLIST_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("items"), list) else None

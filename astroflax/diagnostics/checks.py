@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from astroflax.tasks.base import Dataset, Task
+from astroflax.train.optim import path_str
 
 EXPLODING_NORM = 100.0
 VANISHING_NORM = 1e-7
@@ -66,8 +67,9 @@ def _worst(statuses: list[str]) -> str:
 
 
 def _key(path: tuple) -> str:
-    key = jax.tree_util.keystr(path, simple=True, separator="/")
-    return key[: -len("/value")] if key.endswith("/value") else key
+    """A parameter's dotted path, as ``--freeze``, ``optim.no_decay`` etc. match it
+    (``encoder.layers.0.attn.query.kernel``): the keys of :func:`astroflax.train.optim.flat_params`."""
+    return path_str(path)
 
 
 def _is_float(x: Any) -> bool:
@@ -265,7 +267,7 @@ def gradient_health(
     groups: dict[str, list[np.ndarray]] = {}
     for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
         key = _key(path)
-        module = key.rsplit("/", 1)[0] if "/" in key else key
+        module = key.rsplit(".", 1)[0] if "." in key else key
         groups.setdefault(module, []).append(np.asarray(g, np.float64))
     rows, statuses = [], []
     for module, gs in groups.items():
@@ -534,25 +536,24 @@ def run_diagnostics(
     """All pre-training checks for a resolved config, on a freshly initialised model."""
     from astroflax.config import ScheduleConfig
     from astroflax.runtime import enable_compile_cache
-    from astroflax.tasks import get_task
+    from astroflax.train.components import build_components
     from astroflax.train.optim import build_optimizer
 
     enable_compile_cache()
-    task = get_task(cfg.task)
-    dataset = task.load_data(cfg)
-    model = task.build_model(cfg, dataset.info, nnx.Rngs(params=cfg.train.seed))
-    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    c = build_components(cfg)
+    task, dataset, loss_fn = c.task, c.dataset, c.loss_fn
+    graphdef, params, model_state = c.graphdef, c.state.params, c.state.model_state
     batch = small_batch(dataset.split("train"), task, batch_size, seed)
     rng = jax.random.key(cfg.train.seed)
     # The overfit loop takes one plain float32 step per batch: no loss scaling, no accumulation.
     optim = cfg.optim.model_copy(update={"precision": "float32", "accumulate_steps": 1})
     tx, _ = build_optimizer(optim, ScheduleConfig(name="constant", warmup_steps=0), overfit_steps)
     results = [model_summary(params, model_state)]
-    results.append(gradient_check(graphdef, params, model_state, task.loss_fn, batch, num=grad_samples, seed=seed))
-    results.append(gradient_health(graphdef, params, model_state, task.loss_fn, batch, rng))
+    results.append(gradient_check(graphdef, params, model_state, loss_fn, batch, num=grad_samples, seed=seed))
+    results.append(gradient_health(graphdef, params, model_state, loss_fn, batch, rng))
     results.append(
         overfit_one_batch(
-            graphdef, params, model_state, task.loss_fn, batch, tx, steps=overfit_steps,
+            graphdef, params, model_state, loss_fn, batch, tx, steps=overfit_steps,
             lr_text=f"optim.name={cfg.optim.name}, optim.lr={cfg.optim.lr:g}, constant",
         )
     )

@@ -91,11 +91,11 @@ def calibration_metrics(probs: Any, labels: Any) -> dict[str, float]:
 
 
 def class_probs(outputs: Any, info: dict[str, Any]) -> np.ndarray | None:
-    """The class-probability columns of a classifier's outputs, or None if it is not a classifier.
+    """The first ``len(info["class_names"])`` output columns if they are valid class
+    probabilities (finite, non-negative, rows summing to 1), else None.
 
-    This is how calibration and ensembling recognise classifiers without a flag in the Task
-    contract: every classifier keeps ``class_names`` in its ``info`` and its first
-    ``len(class_names)`` output columns are probabilities (rows summing to 1). Further columns
+    Consumers decide *whether* a task is a classifier from its declaration (``Task.kind``);
+    this only validates outputs, e.g. of an export or a file a user hands us. Further columns
     (``spectra``: the type scale) are other predictions, which calibration passes through.
     """
     names = info.get("class_names")
@@ -227,22 +227,22 @@ def temperature_for(run_dir: str | Path, step: Any, weights: str = "raw") -> tup
     return (None if record is None else float(record["temperature"])), note
 
 
-def calibrate_run(run: Any, dataset: Any = None, val_probs: np.ndarray | None = None, save: bool = True,
+def calibrate_run(run: Any, dataset: Any = None, val_probs: np.ndarray | None = None,
                   weights: str = "raw", method: str = "temperature") -> dict[str, Any] | None:
-    """Fit a calibration for a loaded run (or ensemble) on its validation split.
+    """Fit a calibration for a loaded classifier run (or ensemble) on its validation split.
 
     ``run`` needs ``task``, ``cfg``, ``info``, ``step``, ``run_dir`` and ``predict(arrays)``.
-    Returns None (and saves nothing) when the task does not output class probabilities.
+    Returns the record (save it with :func:`save_calibration`), or None when the task is not a
+    classifier or the validation split has no labels.
     """
+    if not run.task.is_classifier:
+        return None
     if dataset is None:
         dataset = run.task.load_data(run.cfg)
     val = dataset.split("val")
+    if "label" not in val:
+        return None
     if val_probs is None:
         val_probs = run.predict(val)
-    val_probs = class_probs(val_probs, run.info)
-    if "label" not in val or val_probs is None:
-        return None
-    record = fit_calibration(val_probs, val["label"], run.step, weights, method, run.info.get("class_weights"))
-    if save:
-        record["path"] = str(save_calibration(run.run_dir, record))
-    return record
+    val_probs = run.task.class_probs(val_probs, run.info)
+    return fit_calibration(val_probs, val["label"], run.step, weights, method, run.info.get("class_weights"))

@@ -172,3 +172,20 @@ def plot_roc_curves(
     ax.set_title(title if title is not None else "One-vs-rest ROC curves")
     ax.legend(loc="lower right", fontsize=7 if k > 8 else 9, ncol=2 if k > 8 else 1)
     return _save(fig, path, dpi)
+
+
+def plot_type_scale(true: Any, pred: Any, snr: Any, class_names: Sequence[str], path: str | Path,
+                    dpi: int = 100) -> Path:
+    """Predicted against true spectral-type scale (class index + subtype/10), coloured by log S/N."""
+    true, pred = np.asarray(true, np.float64), np.asarray(pred, np.float64)
+    fig = _new_figure((6, 5), dpi)
+    ax = fig.add_subplot()
+    jitter = np.random.default_rng(0).normal(0, 0.02, len(true))  # separates the discrete true types
+    sc = ax.scatter(true + jitter, pred, c=np.log10(np.asarray(snr, np.float64)), s=3, alpha=0.4)
+    k = len(class_names)
+    ax.plot([0, k], [0, k], color="grey", lw=1, ls="--")
+    ax.set_xticks(np.arange(k) + 0.5, list(class_names), minor=False)
+    ax.set_xlabel("true type (class + subtype/10)")
+    ax.set_ylabel("predicted type")
+    fig.colorbar(sc, label="log10 S/N")
+    return _save(fig, path, dpi)

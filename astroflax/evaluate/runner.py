@@ -1,71 +1,88 @@
-"""Evaluate a run's checkpoint on a split and write the results next to the run."""
+"""Evaluate a loaded run (or ensemble) on a split: compute first, write as a separate step.
+
+:func:`evaluate_run` returns an :class:`Evaluation` (the report dict, with its figures drawn
+under ``eval/<split>/``, and the calibration fitted on the way, if any); :func:`save_evaluation`
+writes ``eval/<split>.json`` and, when due, ``calibration.json``. The CLI composes these with
+the checklist and the HTML report.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from astroflax.runs import write_json
+from astroflax.tasks.base import Dataset
+
+
+@dataclasses.dataclass
+class Evaluation:
+    run: Any  # LoadedRun or EnsembleRun
+    dataset: Dataset
+    split: str
+    report: dict[str, Any]
+    calibration_to_save: dict[str, Any] | None  # a record fitted here that belongs in calibration.json
 
 
 def evaluate_run(
-    run_dir: str | Path,
+    run: Any,
     split: str = "test",
+    *,
+    dataset: Dataset | None = None,
     checkpoint: str | int = "best",
     mc_dropout: int = 0,
     calibrate: bool = True,
-    write_html: bool = True,
     weights: str = "raw",
-) -> dict[str, Any]:
-    """Full evaluation (metrics + figures) of ``checkpoint`` on ``split``; writes ``eval/<split>.json``.
+) -> Evaluation:
+    """Full evaluation (metrics + figures) of a loaded ``run`` on ``split``.
 
-    ``run_dir`` may be an ensemble directory (members' probabilities are combined). Classifier
-    probabilities are calibrated with the run's ``calibration.json`` when it was fitted for this
-    checkpoint; otherwise temperature scaling is fitted on the validation split first (and saved
-    when the run has none yet or the best checkpoint is evaluated). Then ``report/index.html`` is
-    rewritten.
+    An ensemble's members are combined as the task's kind says. A classifier's probabilities
+    are calibrated with the run's ``calibration.json`` when it was fitted for this checkpoint;
+    otherwise temperature scaling is fitted on the validation split first (to be saved when the
+    run has none yet or the best checkpoint's raw weights are evaluated).
     """
+    from astroflax.ensembles import EnsembleRun
     from astroflax.evaluate import calibration as cal
     from astroflax.evaluate import classification as clf
     from astroflax.evaluate import plots
     from astroflax.evaluate import uncertainty as unc
 
-    run = unc.open_run(run_dir, checkpoint, weights)
     task, info = run.task, run.info
-    dataset = task.load_data(run.cfg)
+    dataset = dataset if dataset is not None else task.load_data(run.cfg)
     arrays = dataset.split(split)
     methods: dict[str, dict] = {}
-    if isinstance(run, unc.EnsembleRun):
+    ensemble = isinstance(run, EnsembleRun)
+    if ensemble:
         member_outputs = run.member_outputs(arrays)
         raw = run.combine(member_outputs)
         for name, outs in zip(run.names, member_outputs):
-            methods[name] = unc.judge(task, info, outs, arrays)
+            methods[name] = unc.judge(run, outs, arrays)
         base_name = f"ensemble of {len(member_outputs)}"
     else:
         raw = run.predict(arrays)
         base_name = "deterministic"
-    methods[base_name] = unc.judge(task, info, raw, arrays)
+    methods[base_name] = unc.judge(run, raw, arrays)
 
-    outputs = raw
+    outputs, to_save, calibration = raw, None, None
     out_dir = run.run_dir / "eval" / split
-    calibration = None
-    if calibrate and "label" in arrays and cal.is_probability_output(raw, info):
+    if calibrate and "label" in arrays and task.is_classifier:
         record, note = cal.calibration_for(run.run_dir, run.step, weights)
         if record is None:
             previous = cal.load_calibration(run.run_dir)
             save = (checkpoint == "best" and weights == "raw") or previous is None
             method = (previous or {}).get("method", "temperature")  # refit the way the user chose
-            record = cal.calibrate_run(run, dataset, raw if split == "val" else None, save, weights, method)
+            record = cal.calibrate_run(run, dataset, raw if split == "val" else None, weights, method)
+            to_save = record if save else None
             if record is not None:
                 note = cal.describe(record, run.step) + (
                     "; saved" if save else "; for this evaluation only (calibration.json is for another checkpoint)")
-        # None: the validation outputs are not probabilities a temperature could be fitted to.
-        if record is not None:
+        if record is not None:  # None: the validation split has no labels
             outputs = cal.apply_calibration(raw, record)
             method = record.get("method", "temperature")
             label = "temperature scaling" if method == "temperature" else "prior correction + temperature"
-            methods[f"{base_name} + {label}"] = unc.judge(task, info, outputs, arrays)
-            raw_probs, probs = cal.class_probs(raw, info), cal.class_probs(outputs, info)
+            methods[f"{base_name} + {label}"] = unc.judge(run, outputs, arrays)
+            raw_probs, probs = task.class_probs(raw, info), task.class_probs(outputs, info)
             before_fig = plots.plot_reliability_diagram(
                 clf.reliability_curve(raw_probs, arrays["label"]), out_dir / "reliability_uncalibrated.png")
             calibration = {
@@ -79,9 +96,9 @@ def evaluate_run(
 
     if mc_dropout:
         mc = unc.mc_dropout_predict(run, arrays, mc_dropout)
-        methods[f"MC-dropout ({mc_dropout} passes)"] = unc.judge(task, info, mc, arrays)
+        methods[f"MC-dropout ({mc_dropout} passes)"] = unc.judge(run, mc, arrays)
 
-    report = task.report(outputs, arrays, info, out_dir)
+    report = task.report(outputs, arrays, info, out_dir, run)
     if calibration is not None:
         figures: dict[str, str] = {}
         for name, path in (report.get("figures") or {}).items():  # the uncalibrated diagram after the calibrated one
@@ -93,11 +110,15 @@ def evaluate_run(
         report["calibration"] = calibration
     report["uncertainty"] = {"methods": methods}
     report = {"task": task.name, "split": split, "checkpoint_step": run.step, "weights": weights, **report}
-    report["json_path"] = str(write_json(run.run_dir / "eval" / f"{split}.json", report))
-    if write_html:
-        from astroflax.report import write_report
+    return Evaluation(run, dataset, split, report, to_save)
 
-        # The report's checklist is of the best checkpoint's raw weights: reuse them if that is what we hold.
-        single_best = checkpoint == "best" and weights == "raw" and not isinstance(run, unc.EnsembleRun)
-        report["report_path"] = str(write_report(run.run_dir, (run, dataset) if single_best else None))
-    return report
+
+def save_evaluation(ev: Evaluation) -> Path:
+    """Write ``eval/<split>.json`` (and ``calibration.json`` when this evaluation fitted one to keep)."""
+    from astroflax.evaluate.calibration import save_calibration
+
+    if ev.calibration_to_save is not None:
+        ev.calibration_to_save["path"] = str(save_calibration(ev.run.run_dir, ev.calibration_to_save))
+    path = ev.run.run_dir / "eval" / f"{ev.split}.json"
+    ev.report["json_path"] = str(path)
+    return write_json(path, ev.report)

@@ -1,50 +1,32 @@
 """Uncertainty for any model: MC-dropout and deep ensembles, judged by the same metrics.
 
 Both produce several predictions of the same inputs (stochastic forward passes, or members
-trained from different seeds) that are combined into one predictive distribution:
+trained from different seeds), combined into one predictive distribution as the task's
+declared kind says:
 
-- classifiers (class probabilities, recognised by :func:`calibration.is_probability_output`):
-  the mean of the probabilities;
-- regression tasks built on :mod:`astroflax.tasks.regress` (packed Gaussian mixtures
-  ``[weights | means | sigmas]``): the equal-weight mixture of all predictions, i.e. their
-  components concatenated with weights divided by the number of predictions. Its mean is the
-  mean of the means and its variance is mean(var + mean^2) - mean^2 (law of total variance),
-  and PIT / CRPS / coverage are computed on the exact mixture;
-- any other output: register a combiner with :func:`register_combiner` (task name ->
-  ``fn(list_of_outputs, info) -> outputs``) from the task's module.
+- ``classifier``: the mean of the outputs (class probabilities, and any extra columns);
+- ``regressor`` with a ``gaussian_mixture`` output (packed ``[weights | means | sigmas]``):
+  the equal-weight mixture of all predictions, i.e. their components concatenated with
+  weights divided by the number of predictions. Its mean is the mean of the means and its
+  variance is mean(var + mean^2) - mean^2 (law of total variance); PIT / CRPS / coverage are
+  computed on the exact mixture;
+- ``generative``: the task's own ``combine``.
 
-MC-dropout needs ``Task.predict_stochastic_fn(model, batch, rng)`` (dropout active, otherwise
-like ``predict_fn``); tasks without it cannot use ``--mc-dropout``.
-
-A deep ensemble lives in one directory: ``member-<i>/`` are ordinary runs trained with seeds
-``seed + i`` and ``ensemble.json`` lists them. ``evaluate`` and ``predict`` accept it in place
-of a run directory (see :func:`open_run`).
+MC-dropout needs ``Task.make_predict_stochastic_fn`` (dropout active, otherwise like predict).
+Ensembles themselves (directory format, loading, training) live in :mod:`astroflax.ensembles`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from astroflax.errors import CheckpointError, ConfigError
-from astroflax.evaluate.calibration import calibration_metrics, class_probs, is_probability_output
-
-ENSEMBLE_FILE = "ensemble.json"
-Combiner = Callable[[list[np.ndarray], dict], np.ndarray]
-_COMBINERS: dict[str, Combiner] = {}
+from astroflax.errors import ConfigError
+from astroflax.evaluate.calibration import calibration_metrics
 
 
 # ---------------------------------------------------------------------------- combining
-
-
-def register_combiner(task_name: str, fn: Combiner) -> None:
-    """Tell ensembles / MC-dropout how to combine several outputs of ``task_name``."""
-    _COMBINERS[task_name] = fn
 
 
 def mean_probabilities(outputs: list[np.ndarray]) -> np.ndarray:
@@ -79,23 +61,22 @@ def combine_outputs(task: Any, info: dict, outputs: list[np.ndarray]) -> np.ndar
     """One predictive distribution from several predictions of the same examples."""
     if not outputs:
         raise ValueError("nothing to combine")
-    if task.name in _COMBINERS:
-        return _COMBINERS[task.name](outputs, info)
-    if all(is_probability_output(o, info) for o in outputs):
+    if task.kind == "classifier":
         return mean_probabilities(outputs)
-    if getattr(task.score, "__module__", "") == "astroflax.tasks.regress":
+    if task.kind == "regressor" and task.distribution == "gaussian_mixture":
         return concat_packed_mixtures(outputs)
-    raise ConfigError(
-        f"task {task.name!r}: don't know how to combine its outputs for ensembles / MC-dropout; "
-        "register a combiner with astroflax.evaluate.uncertainty.register_combiner"
-    )
+    if task.combine is not None:
+        return task.combine(outputs, info)
+    raise ConfigError(f"task {task.name!r} ({task.kind}) declares no way to combine several predictions "
+                      "(Task.combine), so ensembles and MC-dropout do not apply to it")
 
 
-def judge(task: Any, info: dict, outputs: np.ndarray, arrays: dict) -> dict[str, Any]:
-    """The task's validation scores plus, for classifiers, ECE / log-loss / accuracy."""
-    scores = task.score(outputs, arrays, info)
+def judge(run: Any, outputs: np.ndarray, arrays: dict) -> dict[str, Any]:
+    """The task's scores of ``outputs`` of a loaded run plus, for classifiers, ECE / log-loss / accuracy."""
+    task, info = run.task, run.info
+    scores = task.scorer(run.cfg, info)(outputs, arrays, info)
     out = {k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    probs = class_probs(outputs, info)
+    probs = task.class_probs(outputs, info)
     if "label" in arrays and probs is not None:
         out.update(calibration_metrics(probs, arrays["label"]))
     return out
@@ -106,21 +87,24 @@ def judge(task: Any, info: dict, outputs: np.ndarray, arrays: dict) -> dict[str,
 
 def mc_dropout_outputs(run: Any, arrays: dict, passes: int, seed: int = 0,
                        batch_size: int | None = None) -> np.ndarray:
-    """``passes`` stochastic predictions (dropout on) of every row: shape ``(passes, N, ...)``."""
+    """``passes`` stochastic predictions (dropout on) of every row: shape ``(passes, N, ...)``.
+
+    Pass ``i`` of batch ``b`` uses the key ``fold_in(fold_in(key(seed), i), b)``: reproducible.
+    """
     import jax
     from flax import nnx
 
-    from astroflax.data.pipeline import eval_batches
-    from astroflax.train.predict import round_up
-    from astroflax.train.sharding import shard_batch
+    from astroflax.runs import LoadedRun
+    from astroflax.train.predict import predict_arrays
 
-    if isinstance(run, EnsembleRun):
+    if not isinstance(run, LoadedRun):
         raise ConfigError("--mc-dropout works on a single run, not on an ensemble directory")
-    fn = getattr(run.task, "predict_stochastic_fn", None)
-    if fn is None:
-        raise ConfigError(f"--mc-dropout: task {run.task.name!r} has no stochastic prediction (predict_stochastic_fn)")
+    if run.task.make_predict_stochastic_fn is None:
+        raise ConfigError(f"--mc-dropout: task {run.task.name!r} has no stochastic prediction "
+                          "(its model has no dropout, or batch norm would make passes depend on the batch)")
     if passes < 1:
         raise ConfigError(f"--mc-dropout {passes}: must be >= 1")
+    fn = run.task.make_predict_stochastic_fn(run.cfg, run.info)
     graphdef = run.graphdef
 
     @jax.jit
@@ -130,165 +114,16 @@ def mc_dropout_outputs(run: Any, arrays: dict, passes: int, seed: int = 0,
         return fn(model, batch, key)
 
     device_arrays = run.task.device_arrays(arrays)
-    n = len(next(iter(device_arrays.values())))
-    ndev = run.mesh.devices.size
-    bs = round_up(min(batch_size or run.cfg.train.eval_batch_size, round_up(n, ndev)), ndev)
     base_key = jax.random.key_data(jax.random.key(seed))
-    per_pass: list[list[Any]] = [[] for _ in range(passes)]
-    for b, batch in enumerate(eval_batches(device_arrays, bs)):
-        real = int(batch["_weight"].sum())
-        sharded = shard_batch(batch, run.mesh)
-        for i in range(passes):
-            per_pass[i].append((step(run.state.params, run.state.model_state, sharded, base_key, i, b), real))
-    return np.stack([np.concatenate([np.asarray(o)[:r] for o, r in chunks]) for chunks in per_pass])
+    bs = batch_size or run.cfg.train.eval_batch_size
+    return np.stack([predict_arrays(step, run.state.params, run.state.model_state, device_arrays, bs, run.mesh,
+                                    base_key, i) for i in range(passes)])
 
 
 def mc_dropout_predict(run: Any, arrays: dict, passes: int, seed: int = 0) -> np.ndarray:
     """The combined MC-dropout predictive distribution (see :func:`combine_outputs`)."""
     outs = mc_dropout_outputs(run, arrays, passes, seed)
     return combine_outputs(run.task, run.info, list(outs))
-
-
-# ---------------------------------------------------------------------------- ensembles
-
-
-@dataclasses.dataclass
-class EnsembleRun:
-    """Members of a deep ensemble, loaded; quacks like :class:`astroflax.runs.LoadedRun` for prediction."""
-
-    run_dir: Path
-    names: list[str]
-    members: list[Any]
-
-    @property
-    def task(self):
-        return self.members[0].task
-
-    @property
-    def cfg(self):
-        return self.members[0].cfg
-
-    @property
-    def info(self) -> dict:
-        return self.members[0].info
-
-    @property
-    def step(self) -> list[int]:
-        """The checkpoint step of every member (what a calibration was fitted for)."""
-        return [int(m.step) for m in self.members]
-
-    def member_outputs(self, arrays: dict) -> list[np.ndarray]:
-        return [m.predict(arrays) for m in self.members]
-
-    def combine(self, outputs: list[np.ndarray]) -> np.ndarray:
-        return combine_outputs(self.task, self.info, outputs)
-
-    def predict(self, arrays: dict) -> np.ndarray:
-        return self.combine(self.member_outputs(arrays))
-
-
-def is_ensemble_dir(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / ENSEMBLE_FILE).is_file()
-
-
-def read_ensemble(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / ENSEMBLE_FILE
-    try:
-        spec = json.loads(path.read_text())
-        members = [str(m) for m in spec["members"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a valid ensemble description ({exc})") from None
-    if not members:
-        raise CheckpointError(f"{path}: 'members' is empty")
-    for m in members:
-        if Path(m).is_absolute() or ".." in Path(m).parts:
-            raise CheckpointError(f"{path}: member {m!r} must be a sub-directory name of the ensemble")
-    return {**spec, "members": members}
-
-
-def _load_single(run_dir: Path, which: str | int, weights: str) -> Any:
-    from astroflax.runs import load_run
-
-    return load_run(run_dir, which, weights)
-
-
-def load_ensemble(run_dir: str | Path, which: str | int = "best", weights: str = "raw") -> EnsembleRun:
-    run_dir = Path(run_dir)
-    spec = read_ensemble(run_dir)
-    members = [_load_single(run_dir / m, which, weights) for m in spec["members"]]
-    names0 = members[0].info.get("class_names")
-    for name, m in zip(spec["members"], members):
-        if m.task.name != members[0].task.name or m.info.get("class_names") != names0:
-            raise CheckpointError(f"ensemble {run_dir}: member {name} is for another task or other classes")
-    return EnsembleRun(run_dir, spec["members"], members)
-
-
-def open_run(run_dir: str | Path, which: str | int = "best", weights: str = "raw") -> Any:
-    """A run directory or an ensemble directory, loaded for prediction.
-
-    ``weights`` (raw, or averaged weights such as ema) is passed on to ``load_run``.
-    """
-    if is_ensemble_dir(run_dir):
-        return load_ensemble(run_dir, which, weights)
-    return _load_single(Path(run_dir), which, weights)
-
-
-def train_ensemble(
-    task: str,
-    members: int,
-    run_dir: Path,
-    preset: str | None = None,
-    config_file: Path | None = None,
-    overrides: list[str] | None = None,
-    console: Any = None,
-) -> dict[str, Any]:
-    """Train ``members`` runs with seeds ``seed + i`` under ``run_dir/member-i``; re-running resumes.
-
-    Returns the ensemble description (also written to ``run_dir/ensemble.json``).
-    """
-    from astroflax.config import build_config
-    from astroflax.train.loop import train_and_evaluate
-
-    if members < 1:
-        raise ConfigError(f"--members {members}: must be >= 1")
-    run_dir = Path(run_dir)
-    if (run_dir / "config.yaml").exists():
-        raise ConfigError(f"--run-dir {run_dir} is a single run directory; choose another directory for an ensemble")
-    overrides = list(overrides or [])
-    base_cfg = build_config(task, preset, config_file, overrides)
-    seed = int(base_cfg.train.seed)
-    names = [f"member-{i}" for i in range(members)]
-    spec = {
-        "task": base_cfg.task,
-        "preset": base_cfg.preset,
-        "members": names,
-        "seeds": [seed + i for i in range(members)],
-        "overrides": overrides,
-        "config_file": str(config_file) if config_file else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if is_ensemble_dir(run_dir):
-        old = read_ensemble(run_dir)
-        if old.get("task") != spec["task"] or (old.get("seeds") or [seed])[0] != seed:
-            raise ConfigError(f"--run-dir {run_dir} holds another ensemble (task or seeds differ); choose another directory")
-        spec["created"] = old.get("created", spec["created"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ENSEMBLE_FILE).write_text(json.dumps(spec, indent=1))
-    results = []
-    for i, name in enumerate(names):
-        cfg = build_config(task, preset, config_file, [*overrides, f"train.seed={seed + i}"],
-                           extra={"run_dir": str(run_dir / name)})
-        if console is not None:
-            console.print(f"[bold]Ensemble member {i + 1}/{members}[/] (seed {seed + i}) -> {run_dir / name}")
-        result = train_and_evaluate(cfg, resume=None, console=console)
-        if result.stopped_by and result.stopped_by.startswith("SIG"):
-            spec["interrupted"] = {"member": name, "signal": result.stopped_by}
-            return spec
-        results.append({"member": name, "step": result.step, "best_step": result.best_step,
-                        "best_value": result.best_value, "wall_time": result.wall_time})
-    spec["members_trained"] = results
-    (run_dir / ENSEMBLE_FILE).write_text(json.dumps(spec, indent=1, default=float))
-    return spec
 
 
 # ---------------------------------------------------------------------------- prediction
@@ -306,7 +141,7 @@ def predict_outputs(run: Any, arrays: dict, mc_dropout: int = 0, weights: str = 
         outputs = mc_dropout_predict(run, arrays, mc_dropout)
         return outputs, f"MC-dropout: average of {mc_dropout} stochastic passes (not temperature-scaled)"
     outputs = run.predict(arrays)
-    if not calibrate or not is_probability_output(outputs, run.info):
+    if not calibrate or not run.task.is_classifier:
         return outputs, None
     record, note = calibration_for(run.run_dir, run.step, weights)
     if record is not None:

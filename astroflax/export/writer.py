@@ -59,13 +59,6 @@ def used_inputs(fn, params, model_state, batch: dict[str, np.ndarray]) -> list[s
     return [name for name, var in zip(names, jaxpr.invars) if id(var) in used]
 
 
-def _output_kind(outputs: np.ndarray, info: dict) -> str:
-    """``probabilities`` when the first ``len(class_names)`` columns are class probabilities."""
-    from astroflax.evaluate.calibration import class_probs
-
-    return "probabilities" if class_probs(outputs, info) is not None else "array"
-
-
 def _calibration(run_dir: Path, step: int) -> dict[str, Any]:
     """Temperature (and class-prior logit offset) of ``calibration.json`` if fitted for this checkpoint."""
     from astroflax.evaluate.calibration import calibration_for
@@ -74,11 +67,6 @@ def _calibration(run_dir: Path, step: int) -> dict[str, Any]:
     if record is None:
         return {"temperature": None, "logit_offset": None}
     return {"temperature": float(record["temperature"]), "logit_offset": record.get("logit_offset")}
-
-
-def _normalisation(info: dict) -> dict[str, Any]:
-    keys = ("mean", "std", "scale", "offset", "min", "max", "median", "norm")
-    return {k: v for k, v in info.items() if any(k.endswith(s) or k.startswith(s) for s in keys)}
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | int = "best") -> dict:
@@ -103,7 +91,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | int =
 
     params, pkeys, ptree = flat_arrays(run.state.params, "params")
     mstate, skeys, stree = flat_arrays(run.state.model_state, "state")
-    predict = make_predict_step(run.graphdef, run.task.predict_fn)
+    predict = make_predict_step(run.graphdef, run.predict_fn)
     p_host = jax.tree_util.tree_unflatten(ptree, [params[k] for k in pkeys])
     s_host = jax.tree_util.tree_unflatten(stree, [mstate[k] for k in skeys])
     names = used_inputs(predict, p_host, s_host, example)
@@ -127,7 +115,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | int =
     input_specs = {n: jax.ShapeDtypeStruct((b, *example[n].shape[1:]), example[n].dtype) for n in names}
     exported = jax.export.export(jax.jit(serve))(param_specs, input_specs)
     out_shape = exported.out_avals[0].shape if exported.out_avals else ()
-    probe = np.asarray(jax.jit(serve)(flat, {n: example_all[n][:64] for n in names}))
 
     # Write into a temporary sibling directory, then swap it in: never a half-written export.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -168,11 +155,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | int =
             "output": {
                 "dtype": str(exported.out_avals[0].dtype),
                 "shape": ["b", *(int(d) for d in out_shape[1:])],
-                "kind": _output_kind(probe, run.info),
+                # What the loader calibrates: the first len(class_names) columns of a classifier.
+                "kind": "probabilities" if run.task.is_classifier else "array",
+            },
+            "declaration": {  # what the task says its outputs are (astroflax.tasks.base.Task)
+                "kind": run.task.kind,
+                "distribution": run.task.distribution,
+                "columns": run.task.output_columns(run.cfg, run.info),
             },
             "preprocessing": {
                 "class_names": info.get("class_names"),
-                "normalisation": _normalisation(info),
+                "normalisation": {k: info[k] for k in run.task.normalisation_keys if k in info},
                 **_calibration(run_dir, int(run.step)),
                 "info": info,
                 "note": "inputs are the task's preprocessed arrays; `astroflax predict EXPORT_DIR --input F` builds "

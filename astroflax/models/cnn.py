@@ -1,4 +1,4 @@
-"""A small image CNN with BatchNorm, plus on-device dihedral / small-angle augmentation.
+"""A small image CNN with BatchNorm, plus on-device augmentation (dihedral, small-angle, colour).
 
 Input ``(B, H, W, C)`` float images (any C); output ``(B, num_classes)`` logits. Each stage is
 ``blocks`` x (3x3 conv -> BatchNorm -> ReLU) followed by 2x2 max-pooling (except the last);
@@ -8,7 +8,9 @@ pixel block into channels (lossless), which cuts the convolution cost by about f
 BatchNorm statistics are ``nnx.BatchStat`` variables: the trainer carries them as model state.
 ``train=True`` normalises with batch statistics and updates the running averages; ``train=False``
 uses the frozen running averages. Dropout keys come from the explicit ``rng`` argument; the
-model stores no RNG state (``rngs`` is for parameter initialisation only).
+model stores no RNG state (``rngs`` is for parameter initialisation only). Augmentation
+settings are arguments of :func:`augment_images`, bound by the task from its config (the model
+carries none).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["SmallCNN", "dihedral_augment", "rotate_small_angle"]
+from astroflax.models.dropout import dropout, site_key
+
+__all__ = ["SmallCNN", "augment_images", "dihedral_augment", "rotate_small_angle"]
 
 
 class SmallCNN(nnx.Module):
@@ -36,6 +40,7 @@ class SmallCNN(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.dropout = float(dropout)
+        self.drop = nnx.Dropout(self.dropout)
         self.space_to_depth = int(space_to_depth)
         self.num_stages = len(widths)
         convs, norms = [], []
@@ -68,12 +73,9 @@ class SmallCNN(nnx.Module):
 
     def __call__(self, x: jax.Array, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         h = self.features(x, train)
-        if train and self.dropout > 0:
-            if rng is None:
-                raise ValueError("train=True with dropout requires an explicit `rng` key")
-            keep = jax.random.bernoulli(jax.random.fold_in(rng, 1), 1.0 - self.dropout, h.shape)
-            h = jnp.where(keep, h / (1.0 - self.dropout), 0.0)
-        return self.head(h)
+        if train and self.dropout > 0 and rng is None:
+            raise ValueError("train=True with dropout requires an explicit `rng` key")
+        return self.head(dropout(self.drop, h, site_key(rng if train else None, 1)))
 
 
 def dihedral_augment(images: jax.Array, rng: jax.Array) -> jax.Array:
@@ -108,3 +110,37 @@ def rotate_small_angle(images: jax.Array, rng: jax.Array, max_degrees: float) ->
         return jax.vmap(chan, in_axes=-1, out_axes=-1)(img)
 
     return jax.vmap(one)(images.astype(jnp.float32), ang)
+
+
+def augment_images(
+    images: jax.Array,
+    rng: jax.Array,
+    *,
+    dihedral: bool = True,
+    rotate_degrees: float = 0.0,
+    desaturate: float = 0.0,
+    colour_jitter: float = 0.0,
+) -> jax.Array:
+    """Training-time view of a batch of galaxy images ``(B, S, S, C)``, all from the one step key.
+
+    Per-band gains ``exp(N(0, colour_jitter))`` (survey composites differ in colour balance),
+    blending a ``desaturate`` share of images towards grey by a random amount (so shape, not
+    colour gradients alone, decides the class), a random dihedral symmetry and optionally a
+    rotation in ``[-rotate_degrees, rotate_degrees]``. Colour is weakened, never scrambled: a
+    band permutation would turn red bulges blue and blue knots red (unphysical gradients).
+    """
+    x = images.astype(jnp.float32)
+    b = x.shape[0]
+    if colour_jitter > 0:
+        gain = jnp.exp(colour_jitter * jax.random.normal(jax.random.fold_in(rng, 9), (b, 1, 1, x.shape[-1])))
+        x = x * gain
+    if desaturate > 0:
+        k_on, k_t = jax.random.split(jax.random.fold_in(rng, 10))
+        on = jax.random.bernoulli(k_on, desaturate, (b, 1, 1, 1))
+        t = jnp.where(on, jax.random.uniform(k_t, (b, 1, 1, 1)), 0.0)
+        x = (1 - t) * x + t * x.mean(axis=-1, keepdims=True)
+    if dihedral:
+        x = dihedral_augment(x, jax.random.fold_in(rng, 11))
+    if rotate_degrees > 0:
+        x = rotate_small_angle(x, jax.random.fold_in(rng, 12), rotate_degrees)
+    return x

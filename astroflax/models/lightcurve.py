@@ -23,42 +23,28 @@ padded inputs receive exactly zero gradient.
 Randomness: models hold no RNG state. Dropout keys are derived from the
 explicit ``rng`` argument (``jax.random.fold_in``) when ``train=True``; the
 constructor ``rngs`` is used for parameter initialisation only.
+
+Configuration: :class:`LightCurveModelConfig` is the ``model`` section of every light-curve
+task (``transients``, ``variables``); :func:`build_classifier` makes the classifier from it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from pydantic import Field
 
-__all__ = ["TimeEncoding", "LightCurveEncoder", "TransientClassifier"]
+from astroflax.errors import ConfigError
+from astroflax.models.dropout import DropoutKeys, dropout
+from astroflax.tasks.base import Section
+
+__all__ = ["TimeEncoding", "LightCurveEncoder", "TransientClassifier", "LightCurveModelConfig", "build_classifier"]
 
 Batch = dict[str, Any]
-
-
-class _Keys:
-    """Deterministic sequence of dropout keys derived from one key (or None)."""
-
-    def __init__(self, rng: jax.Array | None, train: bool):
-        if train and rng is None:
-            raise ValueError("train=True requires an explicit `rng` key for dropout")
-        self._rng = rng if train else None
-        self._i = 0
-
-    def __call__(self) -> jax.Array | None:
-        if self._rng is None:
-            return None
-        self._i += 1
-        return jax.random.fold_in(self._rng, self._i)
-
-    def sub(self) -> "_Keys":
-        """A child sequence (for a sub-module), independent of later siblings."""
-        child = _Keys(None, False)
-        child._rng = self()
-        return child
 
 
 def _flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
@@ -112,13 +98,6 @@ def _mha(num_heads: int, d_model: int, rngs: nnx.Rngs) -> nnx.MultiHeadAttention
     )
 
 
-def _dropout(layer: nnx.Dropout, x: jax.Array, keys: _Keys) -> jax.Array:
-    key = keys()
-    if key is None or layer.rate == 0.0:
-        return x
-    return layer(x, deterministic=False, rngs=key)
-
-
 class TimeEncoding(nnx.Module):
     """Sinusoidal encoding of continuous observation times + linear projection.
 
@@ -169,16 +148,16 @@ class _EncoderLayer(nnx.Module):
         self.fc2 = _linear(d_model * mlp_ratio, d_model, rngs)
         self.drop = nnx.Dropout(dropout)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, keys: _Keys) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array, keys: DropoutKeys) -> jax.Array:
         m = mask[..., None]
         # Key-padding mask (B, 1, 1, L): every query (valid or padded) only sees
         # valid keys.  A fully padded row has all keys masked; flax fills masked
         # logits with finfo.min (not -inf), so the softmax is uniform and finite.
         attn_mask = mask[:, None, None, :]
         h = self.attn(self.ln_attn(x), mask=attn_mask, deterministic=True)
-        x = x + _dropout(self.drop, h, keys)
+        x = x + dropout(self.drop, h, keys())
         h = self.fc2(jax.nn.gelu(self.fc1(self.ln_mlp(x))))
-        x = x + _dropout(self.drop, h, keys)
+        x = x + dropout(self.drop, h, keys())
         return jnp.where(m, x, 0.0)
 
 
@@ -205,7 +184,7 @@ class _InducedEncoderLayer(nnx.Module):
         self.fc2 = _linear(d_model * mlp_ratio, d_model, rngs)
         self.drop = nnx.Dropout(dropout)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, keys: _Keys) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array, keys: DropoutKeys) -> jax.Array:
         m = mask[..., None]
         ind = jnp.broadcast_to(self.inducing[...], (x.shape[0],) + self.inducing.shape)
         # latents <- valid observations (key-padding mask (B, 1, 1, L)); a fully
@@ -214,9 +193,9 @@ class _InducedEncoderLayer(nnx.Module):
         lat = ind + self.attn_in(self.ln_ind(ind), xn, mask=mask[:, None, None, :], deterministic=True)
         # observations <- latents (latents are always valid: no mask needed)
         h = self.attn_out(xn, self.ln_lat(lat), deterministic=True)
-        x = x + _dropout(self.drop, h, keys)
+        x = x + dropout(self.drop, h, keys())
         h = self.fc2(jax.nn.gelu(self.fc1(self.ln_mlp(x))))
-        x = x + _dropout(self.drop, h, keys)
+        x = x + dropout(self.drop, h, keys())
         return jnp.where(m, x, 0.0)
 
 
@@ -314,16 +293,16 @@ class LightCurveEncoder(nnx.Module):
     # ----------------------------------------------------------------- forward
     def encode_sequence(self, batch: Batch, *, train: bool = False, rng: jax.Array | None = None):
         """Per-observation hidden states ``(B, L, d_model)`` (padded rows = 0) and mask."""
-        return self._encode_sequence(batch, _Keys(rng, train))
+        return self._encode_sequence(batch, DropoutKeys(rng, train))
 
-    def _augment(self, batch: Batch, keys: _Keys) -> Batch:
+    def _augment(self, batch: Batch, keys: DropoutKeys) -> Batch:
         """Training-time augmentation: drop random observations and re-draw fluxes within errors.
 
         Survey light curves of one class differ in cadence and noise; seeing each object with
         other subsets of its points and other noise draws is what regularises the model most.
         An object keeps all its points if dropping would leave none.
         """
-        if keys._rng is None or not (self.obs_dropout or self.flux_jitter):
+        if keys.rng is None or not (self.obs_dropout or self.flux_jitter):
             return batch
         mask = jnp.asarray(batch["mask"]).astype(bool)
         out = dict(batch)
@@ -336,11 +315,11 @@ class LightCurveEncoder(nnx.Module):
             out["flux"] = jnp.where(mask, jnp.asarray(batch["flux"], jnp.float32) + self.flux_jitter * err * noise, 0.0)
         return out
 
-    def _encode_sequence(self, batch: Batch, keys: _Keys):
+    def _encode_sequence(self, batch: Batch, keys: DropoutKeys):
         mask, time, vals, band = self._clean_inputs(self._augment(batch, keys))
         m = mask[..., None]
         x = self.value_proj(vals) + self.band_embed(band) + self.time_enc(time)
-        x = _dropout(self.embed_drop, x, keys)
+        x = dropout(self.embed_drop, x, keys())
         x = jnp.where(m, x, 0.0)
         for layer in self.layers:
             x = layer(x, mask, keys.sub())
@@ -360,9 +339,9 @@ class LightCurveEncoder(nnx.Module):
         return self.ln_out(pooled)
 
     def __call__(self, batch: Batch, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
-        return self._encode(batch, _Keys(rng, train))
+        return self._encode(batch, DropoutKeys(rng, train))
 
-    def _encode(self, batch: Batch, keys: _Keys) -> jax.Array:
+    def _encode(self, batch: Batch, keys: DropoutKeys) -> jax.Array:
         x, mask = self._encode_sequence(batch, keys)
         return self.pool(x, mask)
 
@@ -401,11 +380,43 @@ class TransientClassifier(nnx.Module):
         self.head_out = _linear(d_model, self.num_classes, rngs)
 
     def __call__(self, batch: Batch, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
-        keys = _Keys(rng, train)
+        keys = DropoutKeys(rng, train)
         z = self.encoder._encode(batch, keys.sub())
         if self.meta_dim:
             meta = jnp.asarray(batch["meta"], jnp.float32).reshape(z.shape[0], self.meta_dim)
             z = jnp.concatenate([z, meta], axis=-1)
         h = jax.nn.gelu(self.head_fc(z))
-        h = _dropout(self.head_drop, h, keys)
+        h = dropout(self.head_drop, h, keys())
         return self.head_out(h)
+
+
+class LightCurveModelConfig(Section):
+    """The ``model`` section of the light-curve tasks: every setting of a :class:`TransientClassifier`.
+
+    Defaults are those of ``transients``; a task with other defaults subclasses this.
+    """
+
+    d_model: int = Field(64, ge=8, description="width of the transformer")
+    num_heads: int = Field(4, ge=1, description="attention heads")
+    num_layers: int = Field(2, ge=1, description="transformer encoder layers")
+    mlp_ratio: int = Field(2, ge=1, description="MLP width as a multiple of d_model")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout rate")
+    attention: Literal["full", "induced"] = Field(
+        "full", description="full: masked self-attention, O(L^2); induced: via learned latents, O(L) (Set Transformer)"
+    )
+    num_inducing: int = Field(16, ge=1, description="latent vectors of the induced attention")
+    num_frequencies: int = Field(16, ge=2, description="sinusoidal time-encoding frequencies")
+    min_period: float = Field(0.1, gt=0, description="shortest time-encoding period in days")
+    max_period: float = Field(2000.0, gt=0, description="longest time-encoding period in days (survey baseline)")
+    obs_dropout: float = Field(0.0, ge=0, lt=1, description="training: fraction of observations dropped at random")
+    flux_jitter: float = Field(0.0, ge=0, description="training: flux noise added, in units of flux_err")
+
+
+def build_classifier(m: LightCurveModelConfig, num_classes: int, *, num_bands: int = 6, meta_dim: int = 0,
+                     rngs: nnx.Rngs) -> TransientClassifier:
+    """The classifier a ``model`` section describes; bad combinations name their config keys."""
+    if m.d_model % m.num_heads:
+        raise ConfigError(f"config key 'model.d_model' = {m.d_model}: must be divisible by model.num_heads = {m.num_heads}")
+    if m.min_period >= m.max_period:
+        raise ConfigError(f"config key 'model.min_period' = {m.min_period}: must be below model.max_period = {m.max_period}")
+    return TransientClassifier(num_classes, num_bands=num_bands, meta_dim=meta_dim, rngs=rngs, **m.model_dump())

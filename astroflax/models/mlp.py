@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from astroflax.models.dropout import dropout, site_key
+
 __all__ = ["MLP", "GaussianHead", "MixtureHead", "MLPRegressor", "ACTIVATIONS"]
 
 ACTIVATIONS = {"gelu": jax.nn.gelu, "relu": jax.nn.relu, "silu": jax.nn.silu, "tanh": jnp.tanh}
@@ -60,8 +62,7 @@ class MLP(nnx.Module):
             if self.norms is not None:
                 x = self.norms[i](x)
             x = act(x)
-            if train and self.dropout > 0:
-                x = self.drop(x, deterministic=False, rngs=jax.random.fold_in(rng, i))
+            x = dropout(self.drop, x, site_key(rng if train else None, i))
         return x
 
 

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from astroflax.models.dropout import dropout, site_key
+
 __all__ = ["SpectralConvolution", "SpectrumMLP", "SpectrumCNN"]
 
 SCALE_CENTRE = 3.5
@@ -33,10 +35,6 @@ def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(features, momentum=0.9, rngs=rngs)
 
 
-def _dropout(layer: nnx.Dropout, x: jax.Array, rng: jax.Array | None, i: int) -> jax.Array:
-    if rng is None or layer.rate == 0.0:
-        return x
-    return layer(x, deterministic=False, rngs=jax.random.fold_in(rng, i))
 
 
 class SpectralConvolution(nnx.Module):
@@ -89,7 +87,7 @@ class SpectrumMLP(nnx.Module):
         x = jnp.asarray(flux, jnp.float32) - 1.0
         for i, (layer, norm) in enumerate(zip(self.layers, self.norms)):
             x = jax.nn.gelu(norm(layer(x), use_running_average=not train))
-            x = _dropout(self.drop, x, rng if train else None, i)
+            x = dropout(self.drop, x, site_key(rng if train else None, i))
         return self.heads(x)
 
 
@@ -133,5 +131,5 @@ class SpectrumCNN(nnx.Module):
             x = jnp.max(x.reshape(b, p // 2, 2, c), axis=2)
         x = x.reshape(x.shape[0], -1)
         x = jax.nn.gelu(self.fc_norm(self.fc(x), use_running_average=not train))
-        x = _dropout(self.drop, x, rng if train else None, 0)
+        x = dropout(self.drop, x, site_key(rng if train else None, 0))
         return self.heads(x)

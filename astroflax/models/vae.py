@@ -161,8 +161,9 @@ class ConditionalVAE(nnx.Module):
 class DigitClassifier(nnx.Module):
     """Small CNN (two 3x3 conv + max-pool blocks, one hidden dense layer) for 28x28 digits.
 
-    Used only to judge generated samples, so it is deliberately independent of the VAE: its
-    own architecture, data representation (grey levels) and seed.
+    The model of the ``digits`` task, which judges the VAE's generated samples, so it is
+    deliberately independent of the VAE: its own architecture, data representation (grey
+    levels) and seed.
     """
 
     def __init__(self, num_classes: int = 10, *, channels: tuple[int, int] = (16, 32), hidden: int = 128,

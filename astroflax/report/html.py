@@ -1,8 +1,10 @@
 """``report/index.html``: one self-contained page per run (or ensemble) directory.
 
-Everything the run directory knows, in one file that opens from disk without a server: the
-config, the data summary, training curves, every evaluation (metrics, per-class table,
-figures), calibration before/after, uncertainty comparisons and the deployment checklist.
+Everything the run directory knows, in one file that opens from disk without a server, read
+from the run directory's files only. It opens with what a reader came for (headline test
+figures against the task's targets, calibration and checklist status), then every evaluation
+(metrics, per-class table, figures), calibration before/after, uncertainty comparisons, the
+deployment checklist (``checklist.json``), training curves, the data summary and, last, the config.
 Images are embedded as base64 data URIs; there is no external JS, CSS or font, and all text
 is HTML-escaped. A small inline script records on window load how many images decoded and
 whether any script error happened (``data-images-ok`` / ``data-js-errors`` on ``<body>``), so
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from astroflax.diagnostics.checklist import load_checklist
 from astroflax.errors import AstroflaxError
 
 REPORT_DIR = "report"
@@ -156,7 +159,7 @@ def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _members(run_dir: Path) -> dict[str, Path]:
-    from astroflax.evaluate.uncertainty import ENSEMBLE_FILE
+    from astroflax.ensembles import ENSEMBLE_FILE
 
     spec = _read_json(run_dir / ENSEMBLE_FILE)
     if isinstance(spec, dict) and spec.get("members"):
@@ -277,38 +280,100 @@ def _eval_section(run_dir: Path, split: str, rep: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _checklist_section(run_dir: Path, loaded: tuple[Any, Any] | None = None) -> str:
+def _checklist_section(run_dir: Path) -> str:
     if (run_dir / "ensemble.json").is_file():
         return ('<p class="note">the deployment checklist checks single runs: run <code>astroflax check '
                 f'{esc(run_dir)}/member-&lt;i&gt;</code> for each member</p>')
-    try:
-        from astroflax.diagnostics.checklist import run_checklist
-    except ImportError as exc:
-        return f'<p class="note">deployment checklist not available ({esc(exc)})</p>'
-    try:
-        run, dataset = loaded if loaded is not None else (None, None)
-        items = run_checklist(run_dir, "best", run=run, dataset=dataset)
-    except Exception as exc:  # noqa: BLE001 - the report shows the error instead of failing
-        return f'<p class="fail">the checklist failed: {esc(type(exc).__name__)}: {esc(exc)}</p>'
+    saved = load_checklist(run_dir)
+    if saved is None:
+        return (f'<p class="note">deployment checklist not available yet: <code>astroflax check {esc(run_dir)}</code> '
+                "measures it (train and evaluate do so too)</p>")
     rows = []
-    for it in items:
+    for it in saved["items"]:
         status = str(it.get("status", "n/a"))
         cls = {"pass": "pass", "fail": "fail"}.get(status, "na")
         rows.append(f'<tr><td>{esc(it.get("name"))}</td><td class="{cls}">{esc(status)}</td>'
                     f'<td>{esc(fmt(it.get("value")))}</td><td>{esc(it.get("detail", ""))}</td></tr>')
-    return ("<table><thead><tr><th>check</th><th>status</th><th>value</th><th>detail</th></tr></thead>"
+    return (f"<p>checkpoint {esc(saved.get('step'))}</p>"
+            "<table><thead><tr><th>check</th><th>status</th><th>value</th><th>detail</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _lookup(report: dict[str, Any], key: str) -> Any:
+    node: Any = report
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _summary_section(run_dir: Path, task_name: str | None, evals: list[tuple[str, dict]]) -> str:
+    """What a reader came for: headline test figures against the task's targets, calibration
+    and checklist status."""
+    from astroflax.evaluate.calibration import load_calibration
+
+    parts = []
+    task = _declared_task(task_name)
+    split, rep = next(iter(evals), (None, None))
+    if rep is None:
+        parts.append('<p class="note">not evaluated yet: <code>astroflax evaluate RUN_DIR</code></p>')
+    else:
+        targets = task.targets if task is not None else {}
+        keys = [k for k in _PREFERRED if _is_number(rep.get(k))] + [k for k in targets if k not in _PREFERRED]
+        rows = []
+        for key in keys:
+            value = _lookup(rep, key)
+            goal = targets.get(key)
+            met = task.target_met(key, float(value)) if goal is not None and _is_number(value) else None
+            shown = (f"{goal[0]} {fmt(goal[1])}" if goal and goal[0] != "between"
+                     else (f"{fmt(goal[1][0])} to {fmt(goal[1][1])}" if goal else ""))
+            rows.append(f'<tr><td>{esc(key)}</td><td>{esc(fmt(value))}</td><td>{esc(shown)}</td>'
+                        f'<td class="{"pass" if met else ("fail" if met is False else "na")}">'
+                        f'{"met" if met else ("not met" if met is False else "")}</td></tr>')
+        parts.append(f"<p>{esc(split)} split, checkpoint {esc(rep.get('checkpoint_step'))}</p>"
+                     "<table><thead><tr><th>metric</th><th>value</th><th>target</th><th></th></tr></thead>"
+                     f"<tbody>{''.join(rows)}</tbody></table>")
+    rec = load_calibration(run_dir)
+    cal = (rep or {}).get("calibration") if rep else None
+    if isinstance(cal, dict) and "before" in cal:
+        parts.append(f"<p>calibration: T = {esc(fmt(cal.get('temperature')))}; {esc(split)} ECE "
+                     f"{esc(fmt(cal['before'].get('ece')))} → {esc(fmt((cal.get('after') or {}).get('ece')))}</p>")
+    elif rec:
+        parts.append(f"<p>calibration: T = {esc(fmt(rec.get('temperature')))} for checkpoint {esc(rec.get('checkpoint_step'))}</p>")
+    elif task is not None and task.is_classifier:
+        parts.append('<p class="note">calibration: not fitted yet</p>')
+    saved = load_checklist(run_dir)
+    if saved is not None:
+        statuses = [str(it.get("status")) for it in saved["items"]]
+        failed = [str(it.get("name")) for it in saved["items"] if it.get("status") == "fail"]
+        parts.append(f'<p>deployment checklist (checkpoint {esc(saved.get("step"))}): {statuses.count("pass")} pass, '
+                     f'<span class="{"fail" if failed else "pass"}">{len(failed)} fail</span>'
+                     + (f" ({esc(', '.join(failed))})" if failed else "") + f", {statuses.count('n/a')} n/a</p>")
+    elif not (run_dir / "ensemble.json").is_file():
+        parts.append('<p class="note">deployment checklist: not measured yet</p>')
+    return "".join(parts)
+
+
+def _declared_task(name: str | None) -> Any:
+    if not name:
+        return None
+    from astroflax.tasks import get_task
+
+    try:
+        return get_task(name)
+    except AstroflaxError:
+        return None  # a task that is not installed here: the report still renders without targets
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # --------------------------------------------------------------------------------- page
 
 
-def render_report(run_dir: str | Path, loaded: tuple[Any, Any] | None = None) -> str:
-    """The page as a string (figures of training curves are written under ``report/``).
-
-    ``loaded``: the run's best checkpoint (raw weights) and its dataset, when the caller has them
-    loaded already; the deployment checklist then does not load them again.
-    """
+def render_report(run_dir: str | Path) -> str:
+    """The page as a string, from the files of the run directory only (figures of training
+    curves are written under ``report/``)."""
     run_dir = Path(run_dir)
     out_dir = run_dir / REPORT_DIR
     members = _members(run_dir)
@@ -329,14 +394,15 @@ def render_report(run_dir: str | Path, loaded: tuple[Any, Any] | None = None) ->
     kind = f"ensemble of {len(members)} members" if (run_dir / "ensemble.json").is_file() else "run"
 
     sections = [
-        ("config", "Config", _config_section(run_dir, members)),
-        ("data", "Data", _data_section(members)),
-        ("training", "Training curves", _training_section(run_dir, members, out_dir)),
+        ("summary", "Summary", _summary_section(run_dir, task, evals)),
         ("evaluation", "Evaluation",
          "".join(_eval_section(run_dir, s, r) for s, r in evals) or '<p class="note">not evaluated yet</p>'),
         ("calibration", "Calibration", _calibration_section(run_dir, evals)),
         ("uncertainty", "Uncertainty", _uncertainty_section(evals)),
-        ("checklist", "Deployment checklist", _checklist_section(run_dir, loaded)),
+        ("checklist", "Deployment checklist", _checklist_section(run_dir)),
+        ("training", "Training curves", _training_section(run_dir, members, out_dir)),
+        ("data", "Data", _data_section(members)),
+        ("config", "Config", _config_section(run_dir, members)),
     ]
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{esc(title)}</h2>{content}</section>' for sid, title, content in sections)
@@ -351,10 +417,10 @@ def render_report(run_dir: str | Path, loaded: tuple[Any, Any] | None = None) ->
     )
 
 
-def write_report(run_dir: str | Path, loaded: tuple[Any, Any] | None = None) -> Path:
+def write_report(run_dir: str | Path) -> Path:
     """Write ``<run_dir>/report/index.html`` (atomically) and return its path."""
     run_dir = Path(run_dir)
-    page = render_report(run_dir, loaded)
+    page = render_report(run_dir)
     path = run_dir / REPORT_DIR / "index.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

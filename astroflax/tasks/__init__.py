@@ -1,38 +1,71 @@
-"""The task registry: each task module registers itself here, in one place."""
+"""The task registry: tasks are discovered, not listed.
+
+Built-in tasks are the modules of this package that define a module-level ``TASK``; tasks
+from other distributions register a :class:`Task` (or a module defining ``TASK``) under the
+entry-point group ``astroflax.tasks`` in their ``pyproject.toml``::
+
+    [project.entry-points."astroflax.tasks"]
+    cepheids = "my_package.cepheids:TASK"
+
+Discovery runs once, lazily, so that ``astroflax --help`` stays fast.
+"""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
+import types
+from importlib import metadata
 
 from astroflax.errors import ConfigError
 from astroflax.tasks.base import Dataset, Task
 
+ENTRY_POINT_GROUP = "astroflax.tasks"
 _REGISTRY: dict[str, Task] = {}
-_BUILTINS_LOADED = False
+_DISCOVERED = False
 
 
 def register(task: Task) -> Task:
-    if task.name in _REGISTRY:
-        raise ValueError(f"task {task.name!r} registered twice")
+    """Add ``task`` (idempotent for the same object; a different task under a taken name is an error)."""
+    if not isinstance(task, Task):
+        raise TypeError(f"expected an astroflax Task, got {type(task).__name__}")
+    known = _REGISTRY.get(task.name)
+    if known is not None and known is not task:
+        raise ConfigError(f"task {task.name!r} is defined twice ({_origin(known)} and {_origin(task)})")
     _REGISTRY[task.name] = task
     return task
 
 
-def _load_builtin() -> None:
-    # Imported lazily so that `astroflax --help` stays fast.
-    global _BUILTINS_LOADED
-    _BUILTINS_LOADED = True
-    from astroflax.tasks import transients  # noqa: F401
-    from astroflax.tasks import variables  # noqa: F401
-    from astroflax.tasks import morphology  # noqa: F401
-    from astroflax.tasks import photoz  # noqa: F401
-    from astroflax.tasks import vae  # noqa: F401
-    from astroflax.tasks import spectra  # noqa: F401
+def _origin(task: Task) -> str:
+    return getattr(task.load_data, "__module__", "?")
+
+
+def _task_of(obj: object, where: str) -> Task:
+    if isinstance(obj, types.ModuleType):
+        obj = getattr(obj, "TASK", None)
+    if not isinstance(obj, Task):
+        raise ConfigError(f"{where}: expected an astroflax Task (or a module defining TASK)")
+    return obj
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    _DISCOVERED = True
+    for mod in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{mod.name}")
+        if isinstance(getattr(module, "TASK", None), Task):
+            register(module.TASK)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plug-in names itself instead of hiding every task
+            raise ConfigError(f"entry point {ep.name!r} = {ep.value!r} ({ENTRY_POINT_GROUP}) failed to load: {exc}") from exc
+        register(_task_of(obj, f"entry point {ep.name!r} = {ep.value!r}"))
 
 
 def all_tasks() -> dict[str, Task]:
-    # A flag, not "is the registry empty": importing one task module directly (as a
-    # test or a user script may) registers that task alone and must not hide the rest.
-    if not _BUILTINS_LOADED:
-        _load_builtin()
+    if not _DISCOVERED:
+        _discover()
     return dict(sorted(_REGISTRY.items()))
 
 
@@ -43,4 +76,11 @@ def get_task(name: str) -> Task:
     return tasks[name]
 
 
-__all__ = ["Dataset", "Task", "all_tasks", "get_task", "register"]
+def rediscover() -> None:
+    """Forget discovered tasks (tests that install a plug-in distribution call this)."""
+    global _DISCOVERED
+    _DISCOVERED = False
+    _REGISTRY.clear()
+
+
+__all__ = ["Dataset", "Task", "all_tasks", "get_task", "register", "rediscover", "ENTRY_POINT_GROUP"]

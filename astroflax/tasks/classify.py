@@ -56,7 +56,7 @@ def score(probs: np.ndarray, arrays: dict, info: dict) -> dict[str, Any]:
     return out
 
 
-def report(probs: np.ndarray, arrays: dict, info: dict, out_dir: Path) -> dict[str, Any]:
+def report(probs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any = None) -> dict[str, Any]:
     from astroflax.evaluate import plots
 
     rep = clf.classification_report(

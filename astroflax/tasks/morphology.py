@@ -8,34 +8,31 @@ because real cutouts arrive that way. The 21 Galaxy Zoo cutouts bundled with the
 trained on or scored; the evaluation report runs them through the evaluated run as a real-image
 smoke test: smooth (E/S0) vs featured (Sa/Sb/Sc/Irr) against the Galaxy Zoo vote majority.
 Model: :class:`~astroflax.models.cnn.SmallCNN` with BatchNorm, trained with on-device augmentation
-from the step key: random 90-degree rotations and flips (optionally small-angle rotations),
-per-band gains and random desaturation, so that colour balance alone cannot decide the class.
+from the step key (:func:`~astroflax.models.cnn.augment_images`): random 90-degree rotations and
+flips (optionally small-angle rotations), per-band gains and random desaturation, so that colour
+balance alone cannot decide the class. Presets: ``presets/morphology.yaml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-from importlib import resources
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from astroflax.data import galaxy_render as gr
 from astroflax.data import images as im
 from astroflax.errors import ConfigError
-from astroflax.models.cnn import SmallCNN, dihedral_augment, rotate_small_angle
-from astroflax.tasks import classify, register
-from astroflax.tasks.base import Dataset, Task
+from astroflax.models.cnn import SmallCNN, augment_images
+from astroflax.tasks import classify
+from astroflax.tasks.base import Dataset, Section
+from astroflax.tasks.builders import classification_task
 
-GZ_FILE = "galaxy_zoo_smoke.npz"
 SMOKE_NOTE = (
     "Smoke test of real-image input only, NOT a benchmark: the model was trained on rendered galaxies; "
     "the cutouts are few and Galaxy Zoo's smooth/featured question does not map exactly onto E/S0 vs "
@@ -44,9 +41,7 @@ SMOKE_NOTE = (
 )
 
 
-class MorphologyData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MorphologyData(Section):
     image_size: int = Field(64, ge=16, le=256, description="rendered/model image side in pixels (square, 3 bands g, r, i)")
     train_per_class: int = Field(1500, ge=8, description="rendered training galaxies per class")
     val_per_class: int = Field(150, ge=2, description="rendered validation galaxies per class")
@@ -81,10 +76,9 @@ class MorphologyData(BaseModel):
         return self
 
 
-class MorphologyModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    widths: list[int] = Field([16, 32, 64, 96], min_length=1, max_length=6, description="conv channels per stage (2x2 pooling between stages)")
+class MorphologyModel(Section):
+    widths: list[Annotated[int, Field(ge=1)]] = Field(
+        [16, 32, 64, 96], min_length=1, max_length=6, description="conv channels per stage (2x2 pooling between stages)")
     blocks: int = Field(1, ge=1, le=4, description="conv+BatchNorm+ReLU blocks per stage")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout before the classifier")
     augment: bool = Field(True, description="random 90-degree rotations and flips in training")
@@ -98,6 +92,7 @@ class MorphologyModel(BaseModel):
 
 
 def render_config(d: MorphologyData) -> gr.RenderConfig:
+    """The generator config of the data section (PSF widths are given at size 64 and scale with it)."""
     scale = d.image_size / 64
     return gr.RenderConfig(
         image_size=d.image_size, psf=d.psf, psf_fwhm=(d.psf_fwhm_min * scale, d.psf_fwhm_max * scale),
@@ -105,69 +100,11 @@ def render_config(d: MorphologyData) -> gr.RenderConfig:
     )
 
 
-def _cache_key(d: MorphologyData) -> str:
-    keys = ("train_per_class", "val_per_class", "test_per_class", "seed", "softening", "softening_jitter", "display_fraction")
-    payload = json.dumps({"render": render_config(d).key(), **{k: getattr(d, k) for k in keys}}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _render_splits(d: MorphologyData) -> dict[str, dict[str, np.ndarray]]:
-    rcfg = render_config(d)
-    seeds = np.random.SeedSequence(d.seed).generate_state(4, np.uint64)
-    out = {}
-    for i, (name, count) in enumerate((("train", d.train_per_class), ("val", d.val_per_class), ("test", d.test_per_class))):
-        flux, labels = gr.render_set(count, rcfg, int(seeds[i]))
-        soft = np.full(len(labels), d.softening, np.float32)
-        if name == "train":
-            rng = np.random.default_rng(int(seeds[3]))
-            if d.softening_jitter > 0:
-                soft = soft * np.exp(rng.uniform(-d.softening_jitter, d.softening_jitter, len(labels))).astype(np.float32)
-            shown = rng.random(len(labels)) < d.display_fraction
-            if shown.any():
-                flux[shown] = gr.survey_display(flux[shown], int(rng.integers(2**31)))
-        out[name] = {"image": im.normalise(flux, soft).astype(np.float16), "label": labels}
-    return out
-
-
-def rendered_splits(d: MorphologyData) -> tuple[dict[str, dict[str, np.ndarray]], str]:
-    """Rendered, normalised splits (float16 images) and their cache key; from the disk cache if present."""
-    from astroflax.runtime import cache_dir
-
-    key = _cache_key(d)
-    path = cache_dir() / "morphology" / f"rendered-{key}.npz"
-    if d.cache and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {s: {"image": z[f"{s}_image"], "label": z[f"{s}_label"]} for s in ("train", "val", "test")}, key
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable cache (e.g. interrupted write by an old version): render again
-    splits = _render_splits(d)
-    if d.cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **{f"{s}_{k}": v for s, arr in splits.items() for k, v in arr.items()})
-        os.replace(tmp, path)
-    return splits, key
-
-
-def load_galaxy_zoo_smoke() -> dict[str, np.ndarray]:
-    """The bundled real cutouts: RGB uint8 (21, 128, 128, 3), ids, vote fractions (see PROVENANCE_galaxy_zoo.md)."""
-    ref = resources.files("astroflax.data") / "files" / GZ_FILE
-    with resources.as_file(ref) as p, np.load(p, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def prepare_real(rgb_or_bands: np.ndarray, size: int, crop: float, softening: float, rgb: bool = True) -> np.ndarray:
-    """Real images (N, H, W, 3) -> model inputs, exactly as ``predict`` prepares user files."""
-    x = np.asarray(rgb_or_bands, np.float32)
-    if rgb:
-        x = x[..., ::-1]  # R, G, B -> g, r, i order (see astroflax.data.images)
-    return im.normalise(np.stack([im.to_model_size(a, size, crop) for a in x]), softening)
-
-
 def load_data(cfg) -> Dataset:
-    d = MorphologyData.model_validate(cfg.data)
-    splits, key = rendered_splits(d)
+    d = cfg.data
+    per_class = {"train": d.train_per_class, "val": d.val_per_class, "test": d.test_per_class}
+    splits, key = gr.rendered_splits(render_config(d), per_class, d.seed, d.softening, d.softening_jitter,
+                                     d.display_fraction, cache=d.cache)
     k = len(gr.CLASS_NAMES)
     info = {
         "class_names": list(gr.CLASS_NAMES),
@@ -185,62 +122,34 @@ def load_data(cfg) -> Dataset:
     return Dataset(splits=splits, info=info, version=f"render-{key}")
 
 
-class MorphologyNet(nnx.Module):
-    """The CNN plus its (static) training-time augmentation settings, so ``loss_fn`` needs only the model."""
-
-    def __init__(self, cnn: SmallCNN, augment: bool, rotate_degrees: float, desaturate: float = 0.0, colour_jitter: float = 0.0):
-        self.cnn = cnn
-        self.augment = bool(augment)
-        self.rotate_degrees = float(rotate_degrees)
-        self.desaturate = float(desaturate)
-        self.colour_jitter = float(colour_jitter)
-
-    def augmented(self, images: jax.Array, rng: jax.Array) -> jax.Array:
-        """Training-time view of a batch. Colour is weakened, never scrambled: a band permutation
-        would turn red bulges blue and blue knots red, i.e. teach unphysical colour gradients."""
-        x = images.astype(jnp.float32)
-        b = x.shape[0]
-        if self.colour_jitter > 0:
-            # Survey composites differ in colour balance: random per-band gains (median gain 1).
-            gain = jnp.exp(self.colour_jitter * jax.random.normal(jax.random.fold_in(rng, 9), (b, 1, 1, x.shape[-1])))
-            x = x * gain
-        if self.desaturate > 0:
-            # Blend a share of images towards their band mean, so that shape, not colour gradients
-            # alone, decides the class (survey composites can be nearly grey after per-band scaling).
-            k_on, k_t = jax.random.split(jax.random.fold_in(rng, 10))
-            on = jax.random.bernoulli(k_on, self.desaturate, (b, 1, 1, 1))
-            t = jnp.where(on, jax.random.uniform(k_t, (b, 1, 1, 1)), 0.0)
-            x = (1 - t) * x + t * x.mean(axis=-1, keepdims=True)
-        if self.augment:
-            x = dihedral_augment(x, jax.random.fold_in(rng, 11))
-        if self.rotate_degrees > 0:
-            x = rotate_small_angle(x, jax.random.fold_in(rng, 12), self.rotate_degrees)
-        return x
-
-
-def build_model(cfg, info: dict, rngs) -> MorphologyNet:
-    m = MorphologyModel.model_validate(cfg.model)
-    if any(w < 1 for w in m.widths):
-        raise ConfigError(f"config key 'model.widths' = {m.widths}: every width must be >= 1")
+def build_model(cfg, info: dict, rngs) -> SmallCNN:
+    m = cfg.model
     if info["image_size"] % m.space_to_depth:
         raise ConfigError(
             f"config key 'model.space_to_depth' = {m.space_to_depth}: must divide data.image_size = {info['image_size']}"
         )
-    cnn = SmallCNN(3, info["num_classes"], widths=tuple(m.widths), blocks=m.blocks, dropout=m.dropout,
-                   bn_momentum=m.bn_momentum, space_to_depth=m.space_to_depth, rngs=rngs)
-    return MorphologyNet(cnn, m.augment, m.rotate_degrees, m.desaturate, m.colour_jitter)
+    return SmallCNN(3, info["num_classes"], widths=tuple(m.widths), blocks=m.blocks, dropout=m.dropout,
+                    bn_momentum=m.bn_momentum, space_to_depth=m.space_to_depth, rngs=rngs)
 
 
-def loss_fn(model: MorphologyNet, batch, rng, train: bool):
-    x = batch["image"]
-    if train:
-        x = model.augmented(x, rng)
-    logits = model.cnn(x, train=train, rng=jax.random.fold_in(rng, 13) if train else None)
-    return classify.weighted_cross_entropy(logits, batch)
+def make_augment_fn(cfg) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``(images, rng) -> training view``, with the configured augmentation bound."""
+    m = cfg.model
+    return functools.partial(augment_images, dihedral=m.augment, rotate_degrees=m.rotate_degrees,
+                             desaturate=m.desaturate, colour_jitter=m.colour_jitter)
 
 
-def predict_fn(model: MorphologyNet, batch) -> jax.Array:
-    return jax.nn.softmax(model.cnn(batch["image"], train=False), axis=-1)
+def make_logits_fn(cfg, info: dict):
+    """``(model, batch, train, rng) -> logits``: augmentation (training only), then the CNN."""
+    augment = make_augment_fn(cfg)
+
+    def logits(model: SmallCNN, batch, train: bool, rng):
+        x = batch["image"]
+        if train:
+            x = augment(x, rng)
+        return model(x, train=train, rng=jax.random.fold_in(rng, 13) if train else None)
+
+    return logits
 
 
 def smooth_probability(probs: np.ndarray, info: dict) -> np.ndarray:
@@ -250,7 +159,7 @@ def smooth_probability(probs: np.ndarray, info: dict) -> np.ndarray:
 
 def galaxy_zoo_section(probs: np.ndarray, gz_index: np.ndarray, info: dict) -> dict[str, Any]:
     """Per real cutout: model class and smooth/featured call vs the Galaxy Zoo majority; agreement fractions."""
-    gz = load_galaxy_zoo_smoke()
+    gz = im.load_galaxy_zoo_smoke()
     p_smooth = smooth_probability(probs, info)
     rows, agree_all, agree_vol = [], [], []
     for p, ps, i in zip(probs, p_smooth, gz_index):
@@ -288,46 +197,34 @@ def galaxy_zoo_section(probs: np.ndarray, gz_index: np.ndarray, info: dict) -> d
     }
 
 
-def report(probs: np.ndarray, arrays: dict, info: dict, out_dir: Path) -> dict[str, Any]:
-    rep = classify.report(probs, arrays, info, out_dir)
-    rep["data"] = "rendered galaxies (astroflax.data.galaxy_render)"
-    rep["galaxy_zoo_smoke"] = _smoke_from_run_dir(out_dir, info)
-    return rep
-
-
 def galaxy_zoo_inputs(info: dict) -> dict[str, np.ndarray]:
     """The bundled real cutouts as model inputs (prepared exactly like ``predict`` prepares user files)."""
-    gz = load_galaxy_zoo_smoke()
-    return {"image": prepare_real(gz["image_rgb"], info["image_size"], info.get("crop", 1.0), info["softening"])}
+    gz = im.load_galaxy_zoo_smoke()
+    return {"image": im.prepare_real(gz["image_rgb"], info["image_size"], info.get("crop", 1.0), info["softening"])}
 
 
-def _smoke_from_run_dir(out_dir: Path, info: dict) -> dict[str, Any]:
-    """Predict the real cutouts with the run being evaluated.
-
-    ``report`` receives no model, so this reopens the run: the evaluation writes into
-    ``RUN_DIR/eval/<split>``, and the checkpoint evaluated by default is ``best``.
-    """
-    from astroflax.runs import load_run
-
-    run_dir = Path(out_dir).parents[1] if len(Path(out_dir).parents) > 1 else None
-    if run_dir is None or not (run_dir / "config.yaml").is_file():
-        return {"note": SMOKE_NOTE, "skipped": f"no run directory above {out_dir}"}
-    run = load_run(run_dir, "best")
-    probs = run.predict(galaxy_zoo_inputs(info))
-    section = galaxy_zoo_section(probs, np.arange(len(probs)), info)
+def report(probs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any = None) -> dict[str, Any]:
+    """The classification report, plus the Galaxy Zoo smoke test predicted by ``run`` (when given)."""
+    rep = classify.report(probs, arrays, info, out_dir)
+    rep["data"] = "rendered galaxies (astroflax.data.galaxy_render)"
+    if run is None:
+        rep["galaxy_zoo_smoke"] = {"note": SMOKE_NOTE, "skipped": "no run to predict the cutouts with"}
+        return rep
+    gz_probs = run.predict(galaxy_zoo_inputs(info))
+    section = galaxy_zoo_section(gz_probs, np.arange(len(gz_probs)), info)
     section["checkpoint_step"] = run.step
-    return section
+    rep["galaxy_zoo_smoke"] = section
+    return rep
 
 
 def load_inputs(cfg, info: dict, path: str | Path):
     """PNG/JPEG/FITS file or folder -> model inputs; ids are the file names."""
     images, names = im.load_images(path, info["image_size"], info.get("crop", 1.0), info["softening"])
-    n = len(names)
-    arrays = {"image": images, "label": np.zeros(n, np.int32)}
-    return arrays, np.array(names)
+    return {"image": images, "label": np.zeros(len(names), np.int32)}, np.array(names)
 
 
 def format_predictions(probs: np.ndarray, ids: np.ndarray, info: dict) -> list[dict[str, Any]]:
+    """Class rows with the smooth/featured call up front (E + S0 probability >= 0.5 = smooth)."""
     rows = classify.format_predictions(probs, ids, info, id_name="file")
     for row, ps in zip(rows, smooth_probability(probs, info)):
         row["smooth_or_featured"] = "smooth" if ps >= 0.5 else "featured"
@@ -335,44 +232,17 @@ def format_predictions(probs: np.ndarray, ids: np.ndarray, info: dict) -> list[d
     return [{k: r[k] for k in ("file", "predicted_class", "smooth_or_featured", "p_smooth")} | r for r in rows]
 
 
-# Sized from measured step rates on 2 CPU cores (see the final report / README).
-QUICK = {
-    "data": {"image_size": 48, "train_per_class": 1200, "val_per_class": 100, "test_per_class": 200},
-    "model": {"widths": [24, 48, 64], "dropout": 0.1, "space_to_depth": 2},
-    "optim": {"lr": 3e-3, "weight_decay": 1e-4},
-    "schedule": {"warmup_steps": 100},
-    "train": {"steps": 2500, "batch_size": 64, "eval_every": 250, "log_every": 100},
-    "checkpoint": {"every": 250, "keep_latest": 2, "keep_best": 1},
-}
-
-FULL = {
-    "data": {"image_size": 64, "train_per_class": 2500, "val_per_class": 200, "test_per_class": 400},
-    "model": {"widths": [24, 48, 96, 128], "blocks": 2, "dropout": 0.2, "rotate_degrees": 15.0, "space_to_depth": 2},
-    "optim": {"lr": 2e-3, "weight_decay": 1e-4},
-    "schedule": {"warmup_steps": 200},
-    "train": {"steps": 6000, "batch_size": 64, "eval_every": 300, "log_every": 100,
-              "early_stopping": {"patience": 8}},
-    "checkpoint": {"every": 300, "keep_latest": 2, "keep_best": 1},
-}
-
-TASK = register(
-    Task(
-        name="morphology",
-        description="galaxy morphology (E/S0/Sa/Sb/Sc/Irr) from g,r,i images; trained on rendered galaxies, CNN + BatchNorm",
-        data_config=MorphologyData,
-        model_config=MorphologyModel,
-        defaults={
-            "train": {"steps": 1000, "early_stopping": {"metric": "val_loss", "mode": "min"}},
-            "checkpoint": {"metric": "val_loss", "mode": "min"},
-        },
-        presets={"quick": QUICK, "full": FULL},
-        load_data=load_data,
-        build_model=build_model,
-        loss_fn=loss_fn,
-        predict_fn=predict_fn,
-        score=classify.score,
-        report=report,
-        load_inputs=load_inputs,
-        format_predictions=format_predictions,
-    )
+TASK = classification_task(
+    "morphology",
+    "galaxy morphology (E/S0/Sa/Sb/Sc/Irr) from g,r,i images; trained on rendered galaxies, CNN + BatchNorm",
+    data_config=MorphologyData,
+    model_config=MorphologyModel,
+    load_data=load_data,
+    build_model=build_model,
+    make_logits_fn=make_logits_fn,
+    stochastic=False,  # BatchNorm: no MC-dropout
+    report=report,
+    load_inputs=load_inputs,
+    format_predictions=format_predictions,
+    targets={"accuracy": (">=", 0.90), "ece": ("<=", 0.03)},
 )

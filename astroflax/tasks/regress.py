@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from astroflax.evaluate import regression as reg
 
@@ -39,9 +40,8 @@ def gaussian_nll(mean: jax.Array, log_sigma: jax.Array, y: jax.Array) -> jax.Arr
 
 
 def huber(residual: jax.Array, delta: float) -> jax.Array:
-    """Huber penalty: quadratic below ``delta``, linear above (robust to outliers)."""
-    a = jnp.abs(residual)
-    return jnp.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta))
+    """Huber penalty of a residual (optax's): quadratic below ``delta``, linear above."""
+    return optax.losses.huber_loss(residual, delta=delta)
 
 
 def weighted_mean(values: jax.Array, batch: dict) -> jax.Array:
@@ -83,6 +83,12 @@ def pack(outputs: tuple) -> jax.Array:
     return jnp.concatenate([jax.nn.softmax(logits, axis=-1), means, jnp.exp(log_sigmas)], axis=-1)
 
 
+def packed_columns(target: str, k: int) -> list[str]:
+    """Names of the :func:`pack` columns: ``weight_j``, ``<target>_mean_j``, ``<target>_sigma_j``."""
+    return [f"weight_{j}" for j in range(k)] + [f"{target}_mean_{j}" for j in range(k)] + \
+        [f"{target}_sigma_{j}" for j in range(k)]
+
+
 def unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inverse of :func:`pack` on the host: weights, means, sigmas, each ``(N, K)`` float64."""
     packed = np.asarray(packed, np.float64)
@@ -105,7 +111,7 @@ def score(outputs: np.ndarray, arrays: dict, info: dict) -> dict[str, Any]:
     return {"loss": m["nll"], **{k: m[k] for k in keys}}
 
 
-def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path) -> dict[str, Any]:
+def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any = None) -> dict[str, Any]:
     """All metrics plus PIT, coverage and predicted-vs-true figures under ``out_dir``."""
     name = info.get("target", "y")
     y = np.asarray(arrays[name], np.float64)

@@ -1,42 +1,40 @@
 """``spectra``: MK spectral class (O B A F G K M) and subtype of dwarf stars from 1-D spectra.
 
-Data: spectra simulated from the 44 real Pickles (1998) dwarf templates bundled with the
-package (:mod:`astroflax.data.spectra`): mixtures of adjacent subtypes, radial velocity, a
-Gaussian line-spread function, CCM89 reddening, photon-like noise at a given S/N and continuum
-normalisation, on a log-spaced instrument grid (default 3800-9000 A, 1024 pixels).
+Data: spectra simulated from the 44 real Pickles (1998) dwarf templates bundled with the package
+(:mod:`astroflax.data.spectra`) on a log-spaced instrument grid (default 3800-9000 A, 1024
+pixels). Split (leave templates out, :mod:`astroflax.data.spectra_synth`): whole spectral types
+with all their metallicity variants are held out for validation (``data.val_types``: B8V, A5V,
+F2V, G2V, K5V, M1V) and test (``data.test_types``: O9V, B3V, A3V, F5V, G5V, K3V, M3V); 28
+templates and mixtures of adjacent ones train, and every class keeps training templates.
 
-Labels: the class (7-way softmax) and the type scale ``class_index + subtype / 10``
-(O5 = 0.5, G2 = 4.2, M6 = 6.6), regressed by a second head. One subtype = 0.1 scale units;
-subtype errors are reported in subtypes.
-
-Split (leave templates out): whole spectral types, with all their metallicity variants, are
-held out for validation (``data.val_types``) and test (``data.test_types``); training spectra
-come only from the remaining templates and mixtures of adjacent ones. Defaults hold out one
-interior type per class for test (O9V, B3V, A3V, F5V, G5V, K3V, M3V: 10 templates) and one per
-class but O for validation (B8V, A5V, F2V, G2V, K5V, M1V: 6 templates); 28 templates train,
-and every class keeps training templates (O only O5V, plus O5V-B0V mixtures).
-
-Loss: cross-entropy + ``model.subtype_weight`` * Huber (or MSE) of the scale error in subtypes.
+Labels: the class (7-way softmax) and the type scale ``class_index + subtype / 10`` (O5 = 0.5,
+G2 = 4.2, M6 = 6.6), regressed by a second head and returned as the extra output column
+``type_scale``; one subtype = 0.1 scale units, and subtype errors are reported in subtypes.
+Loss: cross-entropy + ``model.subtype_weight`` * Huber (or MSE) of the scale error in subtypes;
+the validation ``loss`` is the same objective with the flat-weighted log-loss.
+Presets: ``presets/spectra.yaml``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from astroflax.data import spectra as sp
+from astroflax.data.cache import content_hash
+from astroflax.data.spectra_synth import build_splits
 from astroflax.errors import ConfigError
+from astroflax.evaluate import classification as clf
+from astroflax.evaluate import plots
 from astroflax.models.spectra import SpectrumCNN, SpectrumMLP
-from astroflax.tasks import classify, register
-from astroflax.tasks.base import Dataset, Task
+from astroflax.tasks import classify, regress
+from astroflax.tasks.base import Dataset, Section
+from astroflax.tasks.builders import classification_task
 
 HOST_KEYS = ("object_id", "template", "template_b", "mix_weight", "snr", "rv", "resolution", "ebv")
 DEFAULT_VAL = ["B8V", "A5V", "F2V", "G2V", "K5V", "M1V"]
@@ -45,9 +43,7 @@ TARGET_ACCURACY = 0.95  # at S/N >= 20
 TARGET_MAE_SUBTYPES = 1.5
 
 
-class SpectraData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SpectraData(Section):
     wave_min: float = Field(3800.0, ge=3510.0, description="blue end of the instrument window (Angstrom)")
     wave_max: float = Field(9000.0, le=9490.0, description="red end of the instrument window (Angstrom)")
     num_pixels: int = Field(1024, ge=64, le=8192, description="log-spaced model pixels across the window")
@@ -77,9 +73,7 @@ class SpectraData(BaseModel):
         return self
 
 
-class SpectraModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SpectraModel(Section):
     arch: Literal["cnn", "mlp"] = Field("cnn", description="cnn: SpectralConvolution stages; mlp: dense + BatchNorm")
     channels: list[int] = Field([8, 16, 32, 32], min_length=1, description="cnn channels per stage (one 2x pool each)")
     kernel_size: int = Field(5, ge=1, description="cnn kernel width in pixels")
@@ -91,86 +85,8 @@ class SpectraModel(BaseModel):
     huber_delta: float = Field(1.0, gt=0, description="Huber transition, in subtypes")
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def _select(templates: sp.Templates, types: list[str], key: str) -> np.ndarray:
-    base = templates.base_name
-    unknown = [t for t in types if t not in set(base)]
-    if unknown:
-        raise ConfigError(f"config key 'data.{key}': unknown spectral type(s) {unknown}; choose from {sorted(set(base))}")
-    return np.flatnonzero(np.isin(base, types))
-
-
-def template_split(templates: sp.Templates, val_types: list[str], test_types: list[str]) -> dict[str, np.ndarray]:
-    """Template indices per split; held-out types take all their metallicity variants."""
-    val = _select(templates, val_types, "val_types")
-    test = _select(templates, test_types, "test_types")
-    both = sorted(set(templates.name[val]) & set(templates.name[test]))
-    if both:
-        raise ConfigError(f"config keys 'data.val_types' and 'data.test_types' share {both}")
-    train = np.setdiff1d(np.arange(len(templates)), np.concatenate([val, test]))
-    missing = [sp.CLASS_NAMES[c] for c in range(7) if not np.any(templates.class_index[train] == c)]
-    if missing:
-        raise ConfigError(f"data.val_types/test_types leave class(es) {missing} without training templates")
-    return {"train": train, "val": val, "test": test}
-
-
-def _draw_conditions(d: SpectraData, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    log_u = lambda lo, hi: np.exp(rng.uniform(np.log(lo), np.log(hi), n))  # noqa: E731
-    return {
-        "rv": rng.uniform(-d.rv_max, d.rv_max, n),
-        "resolution": log_u(d.resolution_min, d.resolution_max),
-        "ebv": rng.uniform(0.0, d.ebv_max, n),
-        "snr": log_u(d.snr_min, d.snr_max),
-    }
-
-
-def _make_split(d: SpectraData, templates: sp.Templates, grid: np.ndarray, a, b, w, scale, cond, rng,
-                first_id: int = 0) -> dict:
-    flux = sp.simulate(templates, a, b, w, cond["rv"], cond["resolution"], cond["ebv"], cond["snr"], grid, rng, d.normalise)
-    return {
-        "flux": flux,
-        "label": np.floor(np.asarray(scale) + 1e-6).astype(np.int32),
-        "subtype": np.asarray(scale, np.float32),
-        "object_id": np.arange(first_id, first_id + len(a), dtype=np.int64),  # unique across splits
-        "template": np.asarray(a, np.int32),
-        "template_b": np.asarray(b, np.int32),
-        "mix_weight": np.asarray(w, np.float32),
-        **{k: np.asarray(v, np.float32) for k, v in cond.items()},
-    }
-
-
-def build_splits(d: SpectraData, templates: sp.Templates) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """Simulated spectra for train (mixtures of training templates), val and test (held-out templates)."""
-    grid = sp.model_grid(d.wave_min, d.wave_max, d.num_pixels)
-    parts = template_split(templates, d.val_types, d.test_types)
-    streams = {name: np.random.default_rng([d.seed, i]) for i, name in enumerate(("train", "val", "test"))}
-
-    rng = streams["train"]
-    tr = parts["train"]
-    a, b, w, scale = sp.sample_mixtures(templates.scale[tr], d.num_train, rng, d.mix_fraction)
-    splits = {"train": _make_split(d, templates, grid, tr[a], tr[b], w, scale, _draw_conditions(d, d.num_train, rng), rng)}
-
-    rng = streams["val"]
-    idx = np.repeat(parts["val"], d.val_per_type)
-    splits["val"] = _make_split(
-        d, templates, grid, idx, idx, np.zeros(len(idx)), templates.scale[idx], _draw_conditions(d, len(idx), rng), rng,
-        first_id=d.num_train,
-    )
-
-    rng = streams["test"]
-    idx = np.repeat(parts["test"], d.test_per_snr * len(d.test_snr))
-    cond = _draw_conditions(d, len(idx), rng)
-    cond["snr"] = np.tile(np.repeat(np.asarray(d.test_snr, np.float64), d.test_per_snr), len(parts["test"]))
-    splits["test"] = _make_split(d, templates, grid, idx, idx, np.zeros(len(idx)), templates.scale[idx], cond, rng,
-                                 first_id=d.num_train + len(splits["val"]["label"]))
-    return splits, parts
-
-
 def load_data(cfg) -> Dataset:
-    d = SpectraData.model_validate(cfg.data)
-    m = SpectraModel.model_validate(cfg.model)
+    d = cfg.data
     templates = sp.load_templates()
     splits, parts = build_splits(d, templates)
     info = {
@@ -183,65 +99,58 @@ def load_data(cfg) -> Dataset:
         "normalise": d.normalise,
         "template_names": templates.name.tolist(),
         "split_templates": {k: templates.name[v].tolist() for k, v in parts.items()},
-        "subtype_weight": m.subtype_weight,
-        "subtype_loss": m.subtype_loss,
-        "huber_delta": m.huber_delta,
         "split_sizes": {k: int(len(v["label"])) for k, v in splits.items()},
         "class_counts": {k: np.bincount(v["label"], minlength=7).tolist() for k, v in splits.items()},
     }
-    key = json.dumps([templates.digest, d.model_dump(mode="json")], sort_keys=True)
-    return Dataset(splits=splits, info=info, version="pickles-" + hashlib.sha256(key.encode()).hexdigest()[:12])
+    version = "pickles-" + content_hash([templates.digest, d.model_dump(mode="json")], length=12)
+    return Dataset(splits=splits, info=info, version=version)
 
 
-# ----------------------------------------------------------------------------- model / loss
+def build_model(cfg, info: dict, rngs) -> SpectrumCNN | SpectrumMLP:
+    m = cfg.model
+    if m.arch == "mlp":
+        return SpectrumMLP(info["num_pixels"], info["num_classes"], m.mlp_hidden, m.dropout, rngs=rngs)
+    if info["num_pixels"] % (2 ** len(m.channels)):
+        raise ConfigError(
+            f"config key 'data.num_pixels' = {info['num_pixels']}: must be divisible by 2**{len(m.channels)} "
+            f"(one pooling per entry of model.channels)"
+        )
+    return SpectrumCNN(info["num_pixels"], info["num_classes"], m.channels, m.kernel_size, m.hidden, m.dropout, rngs=rngs)
 
 
-def build_model(cfg, info: dict, rngs):
-    m = SpectraModel.model_validate(cfg.model)
-    if m.arch == "cnn":
-        if info["num_pixels"] % (2 ** len(m.channels)):
-            raise ConfigError(
-                f"config key 'data.num_pixels' = {info['num_pixels']}: must be divisible by 2**{len(m.channels)} "
-                f"(one pooling per entry of model.channels)"
-            )
-        model = SpectrumCNN(info["num_pixels"], info["num_classes"], m.channels, m.kernel_size, m.hidden, m.dropout, rngs=rngs)
-    else:
-        model = SpectrumMLP(info["num_pixels"], info["num_classes"], m.mlp_hidden, m.dropout, rngs=rngs)
-    model.loss_settings = (float(m.subtype_weight), m.subtype_loss, float(m.huber_delta))  # static, used by loss_fn
-    return model
+def forward(model, batch, train: bool, rng) -> tuple[jax.Array, jax.Array]:
+    """``(class logits (B, K), type scale (B,))``; dropout keys from ``rng`` when training."""
+    return model(batch["flux"], train=train, rng=rng)
 
 
-def _subtype_term(err_subtypes, kind: str, delta: float):
-    if kind == "mse":
-        return err_subtypes**2
-    a = abs(err_subtypes)
-    return (a <= delta) * 0.5 * err_subtypes**2 + (a > delta) * delta * (a - 0.5 * delta)
+def subtype_penalty(err_subtypes, kind: str, delta: float):
+    """Per-example subtype loss on the scale error in subtypes: Huber (optax's) or squared."""
+    return err_subtypes**2 if kind == "mse" else regress.huber(err_subtypes, delta)
 
 
-def loss_fn(model, batch, rng, train: bool):
-    logits, scale = model(batch["flux"], train=train, rng=rng)
-    ce, metrics = classify.weighted_cross_entropy(logits, batch)
-    lam, kind, delta = model.loss_settings
-    err = (scale - batch["subtype"]) * 10.0
-    weight = batch.get("_weight", jnp.ones_like(err))
-    norm = jnp.maximum(jnp.sum(weight), 1e-9)
-    if kind == "huber":
-        term = optax.huber_loss(err, delta=delta)
-    else:
-        term = err**2
-    sub = jnp.sum(term * weight) / norm
-    metrics["cross_entropy"] = ce
-    metrics["subtype_mae"] = jnp.sum(jnp.abs(err) * weight) / norm
-    return ce + lam * sub, metrics
+def make_loss_fn(cfg, info: dict):
+    """Weighted cross-entropy + ``subtype_weight`` * mean subtype penalty (eval padding masked by ``_weight``)."""
+    m = cfg.model
+
+    def loss_fn(model, batch, rng, train: bool):
+        logits, scale = forward(model, batch, train, rng)
+        ce, metrics = classify.weighted_cross_entropy(logits, batch)
+        err = (scale - batch["subtype"]) * 10.0
+        sub = regress.weighted_mean(subtype_penalty(err, m.subtype_loss, m.huber_delta), batch)
+        metrics.update(cross_entropy=ce, subtype_mae=regress.weighted_mean(jnp.abs(err), batch))
+        return ce + m.subtype_weight * sub, metrics
+
+    return loss_fn
 
 
-def predict_fn(model, batch) -> jax.Array:
+def make_predict_fn(cfg, info: dict):
     """(B, K + 1): class probabilities, then the type scale."""
-    logits, scale = model(batch["flux"], train=False)
-    return jnp.concatenate([jax.nn.softmax(logits, axis=-1), scale[:, None]], axis=-1)
 
+    def predict_fn(model, batch) -> jax.Array:
+        logits, scale = forward(model, batch, False, None)
+        return jnp.concatenate([jax.nn.softmax(logits, axis=-1), scale[:, None]], axis=-1)
 
-# ----------------------------------------------------------------------------- scores
+    return predict_fn
 
 
 def _split_outputs(outputs: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -250,50 +159,31 @@ def _split_outputs(outputs: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndar
     return probs / probs.sum(axis=1, keepdims=True), np.asarray(outputs[:, k], np.float64)
 
 
-def score(outputs: np.ndarray, arrays: dict, info: dict) -> dict[str, Any]:
-    """``loss`` = flat-weighted log-loss + lambda * mean subtype loss (Huber/MSE in subtypes)."""
-    from astroflax.evaluate import classification as clf
+def make_score_fn(cfg, info: dict):
+    """``loss`` = flat-weighted log-loss + lambda * mean subtype loss: the training objective."""
+    m = cfg.model
 
-    probs, scale = _split_outputs(outputs, info)
-    labels = arrays["label"]
-    err = (scale - arrays["subtype"]) * 10.0
-    term = float(np.mean(_subtype_term(err, info["subtype_loss"], info["huber_delta"])))
-    flat = clf.flat_weighted_log_loss(probs, labels, info["num_classes"])
-    return {
-        "loss": flat + info["subtype_weight"] * term,
-        "log_loss": clf.log_loss(probs, labels),
-        "accuracy": float(np.mean(probs.argmax(-1) == labels)),
-        "subtype_mae": float(np.mean(np.abs(err))),
-    }
+    def score(outputs: np.ndarray, arrays: dict, info: dict) -> dict[str, Any]:
+        probs, scale = _split_outputs(outputs, info)
+        labels = arrays["label"]
+        err = (scale - arrays["subtype"]) * 10.0
+        term = float(np.mean(np.asarray(subtype_penalty(err, m.subtype_loss, m.huber_delta), np.float64)))
+        return {
+            "loss": clf.flat_weighted_log_loss(probs, labels, info["num_classes"]) + m.subtype_weight * term,
+            "log_loss": clf.log_loss(probs, labels),
+            "accuracy": float(np.mean(probs.argmax(-1) == labels)),
+            "subtype_mae": float(np.mean(np.abs(err))),
+        }
+
+    return score
 
 
 def _group_metrics(mask: np.ndarray, pred: np.ndarray, labels: np.ndarray, err: np.ndarray) -> dict[str, Any]:
-    return {
-        "n": int(mask.sum()),
-        "accuracy": float(np.mean(pred[mask] == labels[mask])),
-        "subtype_mae": float(np.mean(np.abs(err[mask]))),
-    }
+    return {"n": int(mask.sum()), "accuracy": float(np.mean(pred[mask] == labels[mask])),
+            "subtype_mae": float(np.mean(np.abs(err[mask])))}
 
 
-def _plot_types(true: np.ndarray, pred: np.ndarray, snr: np.ndarray, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
-    sc = ax.scatter(true + np.random.default_rng(0).normal(0, 0.02, len(true)), pred, c=np.log10(snr), s=3, alpha=0.4)
-    ax.plot([0, 7], [0, 7], color="grey", lw=1, ls="--")
-    ax.set_xticks(np.arange(7) + 0.5, list(sp.CLASS_NAMES), minor=False)
-    ax.set_xlabel("true type (class + subtype/10)")
-    ax.set_ylabel("predicted type")
-    fig.colorbar(sc, label="log10 S/N")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path) -> dict[str, Any]:
+def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any = None) -> dict[str, Any]:
     """Classification report + subtype errors overall, per S/N and per held-out template."""
     probs, scale = _split_outputs(outputs, info)
     rep = classify.report(probs, arrays, info, out_dir)
@@ -327,23 +217,18 @@ def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path) -> dict
         "subtype_mae_subtypes": rep["subtype_mae"],
         "subtype_mae_target_subtypes": TARGET_MAE_SUBTYPES,
     }
-    rep["figures"]["types"] = str(_plot_types(arrays["subtype"], scale, snr, out_dir / "types.png"))
+    rep["figures"]["types"] = str(plots.plot_type_scale(arrays["subtype"], scale, snr, sp.CLASS_NAMES,
+                                                          out_dir / "types.png"))
     return rep
 
 
-# ----------------------------------------------------------------------------- user data
-
-
 def load_inputs(cfg, info: dict, path: str | Path):
+    """CSV/FITS spectra (a file or a folder), resampled to the model grid; ids are the file names."""
     grid = sp.model_grid(info["wave_min"], info["wave_max"], info["num_pixels"])
     flux, names = sp.load_user_spectra(path, grid, info["normalise"])
     n = len(names)
-    arrays = {
-        "flux": flux,
-        "label": np.zeros(n, np.int32),
-        "subtype": np.zeros(n, np.float32),
-        "object_id": np.arange(n, dtype=np.int64),
-    }
+    arrays = {"flux": flux, "label": np.zeros(n, np.int32), "subtype": np.zeros(n, np.float32),
+              "object_id": np.arange(n, dtype=np.int64)}
     return arrays, np.array(names)
 
 
@@ -351,56 +236,32 @@ def format_predictions(outputs: np.ndarray, ids: np.ndarray, info: dict) -> list
     """Per file: predicted class, type string (subtype from the regression head, kept inside the
     predicted class), the raw type scale and every class probability."""
     probs, scale = _split_outputs(outputs, info)
-    base = classify.format_predictions(probs, ids, info, id_name="file")
     rows = []
-    for row, p, s in zip(base, probs, scale):
-        cls = int(np.argmax(p))
-        out = {"file": row.pop("file"), "predicted_class": row.pop("predicted_class")}
-        out["spectral_type"] = sp.spectral_type(float(s), cls)
-        out["type_scale"] = round(float(s), 4)
+    for row, p, s in zip(classify.format_predictions(probs, ids, info, id_name="file"), probs, scale):
+        out = {"file": row.pop("file"), "predicted_class": row.pop("predicted_class"),
+               "spectral_type": sp.spectral_type(float(s), int(np.argmax(p))), "type_scale": round(float(s), 4)}
         out.update(row)
         rows.append(out)
     return rows
 
 
-QUICK = {
-    "data": {"num_train": 12000, "val_per_type": 100, "test_per_snr": 60},
-    "model": {"arch": "cnn", "channels": [8, 16, 32, 32], "hidden": 128, "dropout": 0.2},
-    "optim": {"lr": 2e-3, "weight_decay": 1e-4},
-    "schedule": {"warmup_steps": 50},
-    "train": {"steps": 1000, "batch_size": 64, "eval_every": 200, "log_every": 50},
-    "checkpoint": {"every": 200, "keep_latest": 2, "keep_best": 1},
-}
-
-FULL = {
-    "data": {"num_train": 40000, "val_per_type": 200, "test_per_snr": 200},
-    "model": {"arch": "cnn", "channels": [8, 16, 32, 32], "hidden": 128, "dropout": 0.2},
-    "optim": {"lr": 1.5e-3, "weight_decay": 1e-4},
-    "schedule": {"warmup_steps": 200},
-    "train": {"steps": 8000, "batch_size": 64, "eval_every": 400, "log_every": 100,
-              "early_stopping": {"patience": 8}},
-    "checkpoint": {"every": 400, "keep_latest": 2, "keep_best": 1},
-}
-
-TASK = register(
-    Task(
-        name="spectra",
-        description="MK class (OBAFGKM) and subtype of dwarf stars from 1-D spectra (Pickles templates, CNN)",
-        data_config=SpectraData,
-        model_config=SpectraModel,
-        defaults={
-            "train": {"early_stopping": {"metric": "val_loss", "mode": "min"}},
-            "checkpoint": {"metric": "val_loss", "mode": "min"},
-        },
-        presets={"quick": QUICK, "full": FULL},
-        load_data=load_data,
-        build_model=build_model,
-        loss_fn=loss_fn,
-        predict_fn=predict_fn,
-        score=score,
-        report=report,
-        load_inputs=load_inputs,
-        format_predictions=format_predictions,
-        host_keys=HOST_KEYS,
-    )
+TASK = classification_task(
+    "spectra",
+    "MK class (OBAFGKM) and subtype of dwarf stars from 1-D spectra (Pickles templates, CNN)",
+    data_config=SpectraData,
+    model_config=SpectraModel,
+    load_data=load_data,
+    build_model=build_model,
+    make_logits_fn=lambda cfg, info: lambda model, batch, train, rng: forward(model, batch, train, rng)[0],
+    extra_columns=lambda cfg, info: ["type_scale"],
+    stochastic=False,  # BatchNorm: no MC-dropout
+    make_loss_fn=make_loss_fn,
+    make_predict_fn=make_predict_fn,
+    make_score_fn=make_score_fn,
+    report=report,
+    load_inputs=load_inputs,
+    format_predictions=format_predictions,
+    host_keys=HOST_KEYS,
+    targets={"targets.accuracy_snr_ge_20": (">=", TARGET_ACCURACY), "subtype_mae": ("<=", TARGET_MAE_SUBTYPES),
+             "ece": ("<=", 0.03)},
 )

@@ -132,22 +132,24 @@ def recompute_batch_stats(
     )
 
 
-def select_weights(state: Any, weights: str, cfg: Any, task: Any, graphdef: nnx.GraphDef, mesh: Any) -> Any:
+def select_weights(state: Any, weights: str, c: Any) -> Any:
     """``state`` with its params replaced by the ``weights`` average; for SWA of a model with
-    batch norm, the statistics are recomputed on ``optim.swa.bn_batches`` training batches."""
+    batch norm, the statistics are recomputed on ``optim.swa.bn_batches`` training batches.
+    ``c`` is the run's :class:`~astroflax.train.components.Components`."""
     from astroflax.data.pipeline import eval_batches
     from astroflax.train.sharding import shard_batch
 
     params = averaged_params(state.opt_state, weights)
     model_state = state.model_state
     if weights == "swa" and has_batch_stats(model_state):
+        cfg, task = c.cfg, c.task
         train = task.device_arrays(task.load_data(cfg).split("train"))
         n = len(next(iter(train.values())))
         bs = cfg.train.batch_size
         count = min(cfg.optim.swa.bn_batches, max(n // bs, 1))
         rows = {k: v[: count * bs] for k, v in train.items()}
-        batches = (shard_batch({k: v for k, v in b.items() if k != "_weight"}, mesh) for b in eval_batches(rows, bs))
+        batches = (shard_batch({k: v for k, v in b.items() if k != "_weight"}, c.mesh) for b in eval_batches(rows, bs))
         model_state = recompute_batch_stats(
-            graphdef, params, model_state, task.loss_fn, batches, jax.random.key(cfg.train.seed + 2), int(state.step)
+            c.graphdef, params, model_state, c.loss_fn, batches, jax.random.key(cfg.train.seed + 2), int(state.step)
         )
     return state.replace(params=params, model_state=model_state)

@@ -23,14 +23,20 @@ def predict_arrays(
     arrays: dict[str, np.ndarray],
     batch_size: int,
     mesh: Mesh,
+    *extra: Any,
 ) -> np.ndarray:
-    """Run ``predict`` (jitted) over every row of ``arrays`` in order; returns host outputs."""
+    """Run ``predict`` (jitted) over every row of ``arrays`` in order; returns host outputs.
+
+    ``extra`` arguments follow the batch, then the batch's index (for per-batch RNG keys), as in
+    ``predict(params, model_state, batch, *extra, index)``; without ``extra`` only the batch.
+    """
     n = len(next(iter(arrays.values())))
     batch_size = round_up(min(batch_size, round_up(n, mesh.devices.size)), mesh.devices.size)
     outputs = []
-    for batch in eval_batches(arrays, batch_size):
+    for index, batch in enumerate(eval_batches(arrays, batch_size)):
         real = int(batch["_weight"].sum())
-        out = predict(params, model_state, shard_batch(batch, mesh))
+        args = (*extra, index) if extra else ()
+        out = predict(params, model_state, shard_batch(batch, mesh), *args)
         outputs.append((out, real))
     # One transfer per batch, after all batches were dispatched.
     return np.concatenate([np.asarray(out)[:real] for out, real in outputs], axis=0)

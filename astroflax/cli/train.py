@@ -1,0 +1,124 @@
+"""Commands that train: ``train``, ``ensemble`` and ``finetune``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from astroflax.cli.common import (
+    ConfigFile,
+    Overrides,
+    Preset,
+    TaskName,
+    checkpoint_option,
+    err,
+    evaluate_option,
+    preset_option,
+    require_file,
+    resolve_config,
+    run_dir_option,
+    set_option,
+)
+from astroflax.cli.evaluate import show_evaluation, write_run_report
+
+
+def _signal_exit_code(signal: str) -> int:
+    return 130 if signal == "SIGINT" else 143
+
+
+def _finish(run_dir: Path, evaluate_after: bool) -> None:
+    """Evaluate the best checkpoint on the test split, or only write the checklist and HTML report."""
+    if evaluate_after:
+        show_evaluation(run_dir, "test", "best")
+    else:
+        err.print(f"Wrote {write_run_report(run_dir)}")
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    task: TaskName,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    overrides: Overrides = [],
+    run_dir: run_dir_option("run directory (default runs/<task>-<preset>)") = None,
+    resume: Annotated[Optional[bool], typer.Option(
+        "--resume/--no-resume", help="continue from the latest checkpoint (default: automatic if one exists)"
+    )] = None,
+    evaluate_after: evaluate_option("evaluate the best checkpoint on the test split") = True,
+) -> None:
+    """Train TASK; checkpoints, metrics and the evaluation land in the run directory."""
+    from astroflax.train.loop import train as run_training
+
+    cfg = resolve_config(task, preset, config, overrides, run_dir=run_dir, resume=resume)
+    result = run_training(cfg, resume=resume, console=err)
+    resume_cmd = f"astroflax train {cfg.task} --run-dir {result.run_dir} --resume"
+    if result.stopped_by and result.stopped_by.startswith("SIG"):
+        err.print(
+            f"[yellow]Stopped by {result.stopped_by} at step {result.step}/{result.total_steps}; "
+            f"checkpoint saved.[/] Resume with:\n  {resume_cmd}"
+        )
+        raise typer.Exit(_signal_exit_code(result.stopped_by))
+    err.print(
+        f"Finished at step {result.step} in {result.wall_time:.1f} s"
+        + (f" (early stopping; best step {result.best_step})" if result.stopped_by == "early_stopping" else "")
+    )
+    _finish(result.run_dir, evaluate_after)
+
+
+# ------------------------------------------------------------------------ ensemble
+
+
+def ensemble(
+    task: TaskName,
+    members: Annotated[int, typer.Option("--members", "-n", help="number of members (seeds seed, seed+1, ...)")] = 5,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    overrides: Overrides = [],
+    run_dir: run_dir_option("ensemble directory (default runs/<task>-<preset>-ensemble)") = None,
+    evaluate_after: evaluate_option("evaluate the ensemble on the test split") = True,
+) -> None:
+    """Train a deep ensemble: N runs of TASK with different seeds in RUN_DIR/member-<i>; re-running resumes."""
+    from astroflax.ensembles import train_ensemble
+
+    require_file(config, "--config")
+    run_dir = run_dir or Path("runs") / f"{task}-{preset or 'quick'}-ensemble"
+    spec = train_ensemble(task, members, run_dir, preset, config, overrides, console=err)
+    if "interrupted" in spec:
+        err.print(f"[yellow]Stopped by {spec['interrupted']['signal']} in {spec['interrupted']['member']}.[/] "
+                  f"Re-run the same command to resume.")
+        raise typer.Exit(_signal_exit_code(spec["interrupted"]["signal"]))
+    err.print(f"Trained {members} members in {run_dir}")
+    _finish(run_dir, evaluate_after)
+
+
+# ------------------------------------------------------------------------ finetune
+
+
+def finetune(
+    source: Annotated[Path, typer.Argument(help="run directory to take the parameters from")],
+    task: Annotated[str, typer.Option("--task", "-t", help="task to fine-tune on")],
+    data: Annotated[Optional[str], typer.Option("--data", help="data.path for the new task (user data)")] = None,
+    freeze: Annotated[list[str], typer.Option(
+        "--freeze", help="regex of parameter paths to freeze (repeatable)")] = [],
+    head_only: Annotated[bool, typer.Option("--head-only", help="train only parameters matching --head")] = False,
+    head: Annotated[str, typer.Option("--head", help="regex of the head's parameter paths (with --head-only)")] = "head",
+    checkpoint: checkpoint_option("checkpoint of SOURCE: best, latest or a step") = "best",
+    preset: preset_option("preset of the new run") = None,
+    overrides: set_option("override, e.g. --set optim.lr=3e-4") = [],
+    run_dir: run_dir_option("new run directory (default SOURCE-ft-TASK)") = None,
+    evaluate_after: evaluate_option("evaluate on the test split") = True,
+) -> None:
+    """Fine-tune: restore matching parameters of SOURCE, re-initialise the rest, train a new run."""
+    from astroflax.finetune import finetune as run_finetune
+
+    result, match = run_finetune(
+        source, task, data=data, freeze=list(freeze), head_only=head_only, head=head, checkpoint=checkpoint,
+        preset=preset, overrides=list(overrides), run_dir=run_dir, console=err,
+    )
+    err.print(f"Finished fine-tuning at step {result.step} in {result.wall_time:.1f} s; run directory {result.run_dir}")
+    if evaluate_after:
+        show_evaluation(result.run_dir, "test", "best")
