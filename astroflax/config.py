@@ -169,6 +169,18 @@ class EarlyStoppingConfig(_Strict):
     min_delta: float = Field(0.0, ge=0, description="smallest change that counts as improvement")
 
 
+class NonFiniteConfig(_Strict):
+    """What the loop does when training diverges (the step never applies a non-finite update)."""
+
+    max_consecutive: int = Field(
+        10, ge=1, description="consecutive skipped (non-finite) updates that count as divergence")
+    action: Literal["rollback", "stop"] = Field(
+        "rollback", description="rollback: restore the last checkpoint with finite parameters and validation "
+        "metrics and scale the learning rate by lr_factor; stop: end the run with a message")
+    lr_factor: float = Field(0.5, gt=0, lt=1, description="learning-rate factor applied at each rollback")
+    max_rollbacks: int = Field(3, ge=0, description="rollbacks before the run stops instead")
+
+
 class TrainConfig(_Strict):
     """The loop: how long, how often to evaluate, log and checkpoint."""
 
@@ -180,6 +192,7 @@ class TrainConfig(_Strict):
     log_every: int = Field(50, ge=1, description="steps between metric fetches/logs")
     seed: int = Field(0, description="seeds init, shuffling and dropout")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    nonfinite: NonFiniteConfig = Field(default_factory=NonFiniteConfig, description="divergence policy")
     progress: bool = Field(True, description="show a progress bar on a terminal")
 
     @model_validator(mode="after")
@@ -198,6 +211,10 @@ class CheckpointConfig(_Strict):
     metric: str = Field("val_loss", description="metric ranking the best checkpoints")
     mode: Literal["min", "max"] = "min"
     async_save: bool = Field(True, description="write checkpoints in the background")
+    backup_dir: str | None = Field(
+        None, description="directory receiving a copy of every backup_every-th committed checkpoint; restore falls "
+        "back to it when a step is damaged or missing (one directory per run)")
+    backup_every: int = Field(1, ge=1, description="back up every k-th committed checkpoint (with backup_dir)")
 
 
 class ExperimentConfig(_Strict):
@@ -267,12 +284,26 @@ def parse_override(text: str) -> dict:
 
 def load_yaml_file(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path}: is a directory; expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not a text file (byte {exc.start} is not UTF-8); "
+                          "expected a YAML config") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file {path}: not a text file (it contains NUL bytes); expected a YAML config")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}: not valid YAML{where} ({first})") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # e.g. a date such as 2024-13-45
+        raise ConfigError(f"config file {path}: a value cannot be read ({type(exc).__name__}: {exc})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

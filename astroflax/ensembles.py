@@ -18,9 +18,8 @@ import numpy as np
 
 from astroflax.errors import CheckpointError, ConfigError
 from astroflax.evaluate.uncertainty import combine_outputs
+from astroflax.runfiles import ENSEMBLE_FILE
 from astroflax.runs import LoadedRun, load_run
-
-ENSEMBLE_FILE = "ensemble.json"
 
 
 @dataclasses.dataclass

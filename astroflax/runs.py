@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
-
-import functools
 
 import jax
 import numpy as np
@@ -18,7 +17,7 @@ from astroflax.errors import CheckpointError
 from astroflax.runtime import enable_compile_cache
 from astroflax.tasks import Task
 from astroflax.tasks.base import PredictFn
-from astroflax.train.checkpoint import Checkpointer, abstract_like
+from astroflax.train.checkpoint import Checkpointer, DamagedCheckpoint, abstract_like
 from astroflax.train.components import build_components
 from astroflax.train.predict import predict_arrays
 from astroflax.train.state import TrainState
@@ -65,16 +64,33 @@ def read_config(run_dir: Path) -> ExperimentConfig:
 def load_run(run_dir: str | Path, which: str | int = "best", weights: str = "raw") -> LoadedRun:
     """Rebuild the model of ``run_dir`` and restore checkpoint ``which`` (best, latest or a step).
 
+    The checkpoint is verified first (see ``Checkpointer.open``): for ``best`` and ``latest`` a
+    damaged step is skipped with a warning, moved aside, and the next good one is used (or the
+    backup directory's copy); an explicit step that is damaged is an error.
+
     ``weights``: ``raw`` (the trained parameters), ``ema`` or ``swa`` (averages kept in the
     optimiser state when ``optim.ema`` / ``optim.swa`` were on; see train/averaging.py).
     """
     enable_compile_cache()
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    ckpt = Checkpointer(run_dir / "checkpoints", read_only=True)
-    step = ckpt.resolve_step(which, cfg.checkpoint.metric, cfg.checkpoint.mode)
-    c = build_components(cfg, info=ckpt.read_meta(step)["info"])
-    state, _, _ = ckpt.restore(step, abstract_like(c.state))
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint, read_only=True)
+    built: dict[str, Any] = {}
+
+    def info_key(meta: dict) -> str:
+        return json.dumps(meta.get("info"), sort_keys=True, default=str)
+
+    def target(meta: dict) -> Any:  # the model of the step's own data facts (the same for every step of a run)
+        if not isinstance(meta.get("info"), dict):
+            raise DamagedCheckpoint(int(meta.get("step", -1)), ckpt.directory, "bad-meta",
+                                    "its metadata has no 'info' (data facts) object")
+        key = info_key(meta)
+        if key not in built:
+            built[key] = build_components(cfg, info=meta["info"])
+        return abstract_like(built[key].state)
+
+    restored = ckpt.open(which, target, cfg.checkpoint.metric, cfg.checkpoint.mode)
+    c, state, step = built[info_key(restored.meta)], restored.state, restored.step
     if weights != "raw":  # parameter averaging: evaluate/predict with the EMA or SWA weights
         from astroflax.train.averaging import select_weights
 
@@ -83,20 +99,32 @@ def load_run(run_dir: str | Path, which: str | int = "best", weights: str = "raw
 
 
 def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """One CSV row per object, written atomically: never a half-written predictions file."""
+    """One CSV row per object, written atomically: never a half-written predictions file, no
+    ``<name>.tmp`` left behind when writing fails, and never a NaN/inf prediction (an error
+    naming the row instead: the inputs were out of range or the checkpoint is damaged)."""
     import csv
+    import math
     import os
 
+    from astroflax.errors import DataError
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"--output {path}: is a directory; expected the name of a CSV file to write")
+    for i, row in enumerate(rows):
+        bad = next((k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)), None)
+        if bad is not None:
+            first = next(iter(row))
+            raise DataError(f"--output {path}: not written: the prediction for {first} {row[first]} (row {i}) has "
+                            f"{row[bad]} in column {bad!r}; check that object's input values")
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["object_id"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, default=float))
+    try:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["object_id"])
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -13,17 +13,34 @@ stays fast, and never import this module (it imports them).
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
 import sys
+import threading
+import warnings
 
-import typer
-from typer._click import exceptions as click_exc  # typer >= 0.29 vendors click
 
-from astroflax.cli import evaluate as _evaluate_cmds
-from astroflax.cli import export as _export_cmds
-from astroflax.cli import inspect as _inspect_cmds
-from astroflax.cli import train as _train_cmds
-from astroflax.cli.common import Debug, err, out
-from astroflax.errors import AstroflaxError
+def _interrupted_while_importing(signum, frame) -> None:
+    """Ctrl-C while the CLI is still importing: nothing has started, so stop quietly with 130."""
+    os.write(2, b"interrupted\n")
+    raise SystemExit(130)
+
+
+# Until main() runs (the imports below take a moment), a Ctrl-C must not print a traceback.
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
+
+import typer  # noqa: E402
+from typer._click import exceptions as click_exc  # noqa: E402 - typer >= 0.29 vendors click
+
+from astroflax.cli import evaluate as _evaluate_cmds  # noqa: E402
+from astroflax.cli import export as _export_cmds  # noqa: E402
+from astroflax.cli import inspect as _inspect_cmds  # noqa: E402
+from astroflax.cli import train as _train_cmds  # noqa: E402
+from astroflax.cli.common import Debug, err, out  # noqa: E402
+from astroflax.errors import AstroflaxError  # noqa: E402
+from astroflax.train.signals import cancel_deferred, defer_while_importing  # noqa: E402
 
 __all__ = ["app", "main"]
 
@@ -34,7 +51,7 @@ app = typer.Typer(
     help="Train, evaluate, checkpoint and report neural networks for astronomy (JAX/Flax/Optax/Orbax/Grain).",
 )
 
-_STATE = {"debug": False}
+_STATE = {"debug": False, "interrupted": False, "reported": False}
 
 EXIT_USAGE = 2
 
@@ -64,15 +81,74 @@ app.add_typer(_inspect_cmds.optimizers_app, name="optimizers")
 del _command
 
 
+def _interrupt_command(signum, frame) -> None:
+    """SIGINT in a command (training commands install their own handler): KeyboardInterrupt,
+    which typer turns into a silent exit code 130 (main() then says "interrupted"); never in the
+    middle of an import, where it can break a native extension (it is delivered again after)."""
+    if _STATE["reported"]:
+        return  # main() is already saying "interrupted" and exiting
+    _STATE["interrupted"] = True
+    if not defer_while_importing(frame):
+        raise KeyboardInterrupt
+
+
+def _report_interrupted() -> None:
+    _STATE["reported"] = True  # a re-delivered interrupt must not break the message or the exit
+    cancel_deferred()
+    err.print("interrupted", highlight=False, markup=False)
+    sys.exit(130)
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Our warnings (UserWarning: e.g. unsorted times, NaN pixels replaced) as one line each."""
+    if issubclass(category, UserWarning):
+        return f"warning: {message}\n"
+    return _DEFAULT_FORMAT(message, category, filename, lineno, line)
+
+
+_DEFAULT_FORMAT = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: map user errors to one line and exit code 2."""
+    previous_format, warnings.formatwarning = warnings.formatwarning, _format_warning
+    try:
+        _run(argv)
+    finally:
+        warnings.formatwarning = previous_format
+
+
+def _run(argv: list[str] | None) -> None:
+    _STATE["interrupted"] = _STATE["reported"] = False
+    previous = signal.getsignal(signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread and previous in (_interrupted_while_importing, signal.default_int_handler):
+        signal.signal(signal.SIGINT, _interrupt_command)
+    try:
+        _main(argv)
+        if _STATE["interrupted"]:  # a Ctrl-C that waited for imports to finish: never report success
+            _report_interrupted()
+    finally:
+        cancel_deferred()
+        if in_main_thread and not _STATE["reported"] and signal.getsignal(signal.SIGINT) is _interrupt_command:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False)
+        if rc == 130 and _STATE["interrupted"]:  # typer's silent exit code for a KeyboardInterrupt
+            _report_interrupted()
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except typer.Abort as exc:
+        cause = exc.__cause__
+        if isinstance(cause, EOFError) and not _debug(argv):  # typer's name for an EOFError: a truncated file
+            err.print(f"error: unexpected end of a file, it is truncated ({cause or 'EOFError'})",
+                      highlight=False, markup=False)
+            sys.exit(EXIT_USAGE)
         err.print("aborted")
         sys.exit(130)
     except click_exc.NoArgsIsHelpError as exc:
@@ -85,8 +161,28 @@ def main(argv: list[str] | None = None) -> None:
         where = exc.ctx.command_path if exc.ctx else "astroflax"
         err.print(f"error: {msg} (see `{where} --help`)", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
-    except (AstroflaxError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        if _STATE["debug"] or "--debug" in (argv or sys.argv):
+    except (AstroflaxError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        if _debug(argv):
             raise
-        err.print(f"error: {exc}", highlight=False, markup=False)
+        err.print(f"error: {_one_line(exc)}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        if _debug(argv) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"error: {where}no space left on device; free some space and run the command again",
+                  highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which handles its own signals): no traceback
+        if _debug(argv):
+            raise
+        _report_interrupted()
+
+
+def _debug(argv: list[str] | None) -> bool:
+    return bool(_STATE["debug"] or "--debug" in (argv if argv is not None else sys.argv))
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of a user error on one line (a message should not span lines, but never print two)."""
+    return " ".join(str(exc).split("\n")).strip() or type(exc).__name__

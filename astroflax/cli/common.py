@@ -97,12 +97,16 @@ Debug = Annotated[bool, typer.Option("--debug", help="show full tracebacks on er
 
 def require_file(path: Optional[Path], what: str) -> None:
     """``what`` names the option, e.g. ``--config``."""
+    if path is not None and path.is_dir():
+        raise AstroflaxError(f"{what} {path}: is a directory; expected a file")
     if path is not None and not path.is_file():
         raise AstroflaxError(f"{what} {path}: no such file")
 
 
 def require_parent_dir(path: Path, what: str) -> None:
-    """The directory an output file (option ``what``) is to be written in must exist."""
+    """An output file (option ``what``): its directory must exist and it must not name a directory."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path}: is a directory; expected the name of a file to write")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ConfigError(f"{what} {path}: directory {parent} does not exist")

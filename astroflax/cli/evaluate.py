@@ -72,7 +72,7 @@ def write_run_report(run_dir: Path, best_run=None, dataset=None) -> Path:
     ``dataset`` when already loaded), save it as ``checklist.json``, and rewrite
     ``report/index.html`` (which shows it). A checklist that cannot be measured is reported on
     stderr and left out; it never fails the command that wrote the results."""
-    from astroflax.diagnostics.checklist import run_checklist, save_checklist
+    from astroflax.diagnostics.checklist import discard_checklist, run_checklist, save_checklist
     from astroflax.ensembles import is_ensemble_dir
     from astroflax.report import write_report
     from astroflax.runs import load_run
@@ -82,6 +82,7 @@ def write_run_report(run_dir: Path, best_run=None, dataset=None) -> Path:
             run = best_run if best_run is not None else load_run(run_dir, "best")
             save_checklist(run_dir, run_checklist(run_dir, "best", run=run, dataset=dataset), run.step)
         except Exception as exc:  # noqa: BLE001 - as the report did: show the problem, keep the evaluation
+            discard_checklist(run_dir)  # an older checklist would pass for this one in the report
             err.print(f"deployment checklist not measured: {type(exc).__name__}: {exc}", highlight=False, markup=False)
     return write_report(run_dir)
 
@@ -153,6 +154,28 @@ def calibrate(
 # ------------------------------------------------------------------------- predict
 
 
+def require_finite_rows(arrays: dict, ids, where: str, what: str, hint: str = "") -> None:
+    """A DataError naming the first object (row and id) with a NaN/inf in any float array.
+
+    The readers' range checks should make this unreachable; it is the last guard against
+    writing NaN (or feeding it to the model) with exit code 0.
+    """
+    import numpy as np
+
+    for name, values in arrays.items():
+        a = np.asarray(values)
+        if a.dtype.kind != "f" or a.size == 0:
+            continue
+        bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            who = f"row {r}"
+            if ids is not None and len(ids) > r:
+                who += f" (id {ids[r].item() if hasattr(ids[r], 'item') else ids[r]})"
+            raise AstroflaxError(f"{where}: {name!r} in {what} is NaN/inf for {who} "
+                                 f"[{int(bad.sum())} of {len(a)} rows]{hint}")
+
+
 def predict(
     run_dir: RunDir,
     input: Annotated[Path, typer.Option(
@@ -180,9 +203,13 @@ def predict(
         return
     run = open_run(run_dir, checkpoint, weights)
     arrays, ids = run.task.load_inputs(run.cfg, run.info, input)
+    require_finite_rows(arrays, ids, f"--input {input}", "the model inputs built from it",
+                        "; check that object's values")
     outputs, note = predict_outputs(run, arrays, mc_dropout, weights)
     if note:
         err.print(note, highlight=False, markup=False)
+    require_finite_rows({"output": outputs}, ids, f"--input {input}", "the predictions",
+                        "; nothing was written: check that object's values, or the checkpoint with `astroflax check`")
     rows = run.task.format_predictions(outputs, ids, run.info)
     write_predictions(output, rows)
     err.print(f"Wrote {len(rows)} predictions to {output} (checkpoint step {run.step})")

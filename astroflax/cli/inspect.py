@@ -224,7 +224,7 @@ def check(
         run = load_run(run_dir, checkpoint)
         items = run_checklist(run_dir, checkpoint, run=run)
     _print_results(results, items, console)
-    if items is not None:  # the run's HTML report shows the latest measured checklist
+    if items is not None and checkpoint == "best":  # the run's report shows the best checkpoint's checklist
         _save_checklist(run_dir, items, run.step)
     failed = [r.name for r in results if r.status == "fail"] + [i["name"] for i in items or [] if i["status"] == "fail"]
     if json_out is not None:

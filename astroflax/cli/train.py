@@ -22,10 +22,46 @@ from astroflax.cli.common import (
     set_option,
 )
 from astroflax.cli.evaluate import show_evaluation, write_run_report
+from astroflax.train.signals import GracefulStop, InterruptedTwice
 
 
 def _signal_exit_code(signal: str) -> int:
     return 130 if signal == "SIGINT" else 143
+
+
+def _latest_step_on_disk(run_dir: Path | None) -> int | None:
+    """The newest committed step directory of a run (Orbax names committed steps by their number)."""
+    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+    try:
+        steps = [int(p.name) for p in ckpt_dir.iterdir() if p.is_dir() and p.name.isdigit()] if ckpt_dir else []
+    except OSError:
+        steps = []
+    return max(steps) if steps else None
+
+
+def _interrupted_twice(run_dir: Path | None, kept: str | None = None) -> typer.Exit:
+    """Say which checkpoints survive a double Ctrl-C, then leave at once with exit code 130.
+
+    ``os._exit``: the second signal can land in the middle of an asynchronous save, and letting
+    the interpreter shut down around Orbax's still-running threads can crash it (SIGSEGV).
+    Committed checkpoints are complete on disk; a partial step is never listed.
+    """
+    import os
+    import sys
+
+    if kept is None:
+        step = _latest_step_on_disk(run_dir)
+        kept = f"checkpoints up to step {step} are intact" if step is not None else "no checkpoint had been written yet"
+    err.print(f"interrupted twice: stopped without saving; {kept}", highlight=False, markup=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _stopped_after_training(signum_name: str, run_dir: Path, step: int) -> typer.Exit:
+    err.print(f"Stopped by {signum_name} after training finished at step {step}; checkpoints are saved, the "
+              f"evaluation was skipped. Run it with:\n  astroflax evaluate {run_dir}", highlight=False, markup=False)
+    return typer.Exit(_signal_exit_code(signum_name))
 
 
 def _finish(run_dir: Path, evaluate_after: bool) -> None:
@@ -51,10 +87,16 @@ def train(
     evaluate_after: evaluate_option("evaluate the best checkpoint on the test split") = True,
 ) -> None:
     """Train TASK; checkpoints, metrics and the evaluation land in the run directory."""
-    from astroflax.train.loop import train as run_training
+    cfg = None
+    # Signals are recorded from here on (a Ctrl-C during start-up stops the run after its first step).
+    with GracefulStop(startup=True) as guard:
+        try:
+            from astroflax.train.loop import train as run_training
 
-    cfg = resolve_config(task, preset, config, overrides, run_dir=run_dir, resume=resume)
-    result = run_training(cfg, resume=resume, console=err)
+            cfg = resolve_config(task, preset, config, overrides, run_dir=run_dir, resume=resume)
+            result = run_training(cfg, resume=resume, console=err)
+        except InterruptedTwice:
+            raise _interrupted_twice(cfg.resolved_run_dir() if cfg is not None else run_dir) from None
     resume_cmd = f"astroflax train {cfg.task} --run-dir {result.run_dir} --resume"
     if result.stopped_by and result.stopped_by.startswith("SIG"):
         err.print(
@@ -62,6 +104,8 @@ def train(
             f"checkpoint saved.[/] Resume with:\n  {resume_cmd}"
         )
         raise typer.Exit(_signal_exit_code(result.stopped_by))
+    if guard.requested:  # a signal after the loop had finished: do not start the evaluation
+        raise _stopped_after_training(guard.name, result.run_dir, result.step)
     err.print(
         f"Finished at step {result.step} in {result.wall_time:.1f} s"
         + (f" (early stopping; best step {result.best_step})" if result.stopped_by == "early_stopping" else "")
@@ -82,15 +126,24 @@ def ensemble(
     evaluate_after: evaluate_option("evaluate the ensemble on the test split") = True,
 ) -> None:
     """Train a deep ensemble: N runs of TASK with different seeds in RUN_DIR/member-<i>; re-running resumes."""
-    from astroflax.ensembles import train_ensemble
-
     require_file(config, "--config")
     run_dir = run_dir or Path("runs") / f"{task}-{preset or 'quick'}-ensemble"
-    spec = train_ensemble(task, members, run_dir, preset, config, overrides, console=err)
+    with GracefulStop(startup=True) as guard:
+        try:
+            from astroflax.ensembles import train_ensemble
+
+            spec = train_ensemble(task, members, run_dir, preset, config, overrides, console=err)
+        except InterruptedTwice:
+            _interrupted_twice(run_dir, f"the members' earlier checkpoints in {run_dir} are intact; re-run the "
+                                        "same command to resume")
     if "interrupted" in spec:
         err.print(f"[yellow]Stopped by {spec['interrupted']['signal']} in {spec['interrupted']['member']}.[/] "
                   f"Re-run the same command to resume.")
         raise typer.Exit(_signal_exit_code(spec["interrupted"]["signal"]))
+    if guard.requested:
+        err.print(f"Stopped by {guard.name} after the last member finished; the evaluation was skipped. "
+                  f"Run it with:\n  astroflax evaluate {run_dir}", highlight=False, markup=False)
+        raise typer.Exit(_signal_exit_code(guard.name))
     err.print(f"Trained {members} members in {run_dir}")
     _finish(run_dir, evaluate_after)
 
@@ -113,12 +166,22 @@ def finetune(
     evaluate_after: evaluate_option("evaluate on the test split") = True,
 ) -> None:
     """Fine-tune: restore matching parameters of SOURCE, re-initialise the rest, train a new run."""
-    from astroflax.finetune import finetune as run_finetune
+    with GracefulStop(startup=True) as guard:
+        try:
+            from astroflax.finetune import finetune as run_finetune
 
-    result, match = run_finetune(
-        source, task, data=data, freeze=list(freeze), head_only=head_only, head=head, checkpoint=checkpoint,
-        preset=preset, overrides=list(overrides), run_dir=run_dir, console=err,
-    )
+            result, match = run_finetune(
+                source, task, data=data, freeze=list(freeze), head_only=head_only, head=head, checkpoint=checkpoint,
+                preset=preset, overrides=list(overrides), run_dir=run_dir, console=err,
+            )
+        except InterruptedTwice:
+            raise _interrupted_twice(run_dir or source.with_name(f"{source.name}-ft-{task}")) from None
+    if result.stopped_by and result.stopped_by.startswith("SIG"):
+        err.print(f"[yellow]Stopped by {result.stopped_by} at step {result.step}/{result.total_steps}; "
+                  f"checkpoint saved in {result.run_dir}.[/]")
+        raise typer.Exit(_signal_exit_code(result.stopped_by))
+    if guard.requested:
+        raise _stopped_after_training(guard.name, result.run_dir, result.step)
     err.print(f"Finished fine-tuning at step {result.step} in {result.wall_time:.1f} s; run directory {result.run_dir}")
     if evaluate_after:
         show_evaluation(result.run_dir, "test", "best")

@@ -23,11 +23,13 @@ Arrays = dict[str, np.ndarray]
 
 
 def content_hash(*parts: Any, length: int = 16) -> str:
-    """SHA-256 of JSON-able values and arrays (by dtype, shape and bytes), as ``length`` hex digits."""
+    """SHA-256 of arrays (``str(dtype) + str(shape)``, then the bytes), bytes as they are, and
+    anything else as sorted JSON; ``length`` hex digits. The array layout is the one the
+    dataset versions of astroflax 0.1 used, so existing runs keep their versions."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, np.ndarray):
-            h.update(f"{part.dtype.str}{part.shape}".encode())
+            h.update(f"{part.dtype}{part.shape}".encode())
             h.update(np.ascontiguousarray(part).tobytes())
         elif isinstance(part, (bytes, bytearray)):
             h.update(part)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -34,16 +35,23 @@ def read_digit_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     raises :class:`DataError` naming the file, the 1-based row and the column.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected an MNIST-layout CSV file (784 pixels then a label per row)")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, ValueError) as exc:  # gzip.BadGzipFile is an OSError
+            raise DataError(f"{path}: not a readable gzip file, it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     ncol = NUM_PIXELS + 1
     try:  # fast path (C parser); the slow loop below only runs to name the first bad cell
-        values = pd.read_csv(io.BytesIO(raw), header=None, dtype=np.int64).to_numpy()
+        with warnings.catch_warnings():  # a cell like 1e30 warns in the cast; the slow path names it below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values = pd.read_csv(io.BytesIO(raw), header=None, dtype=np.int64).to_numpy()
         ok = values.ndim == 2 and values.shape[1] == ncol
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.EmptyDataError):
         ok = False
     if not ok:
         values = _parse_slowly(path, raw, ncol)
@@ -83,6 +91,11 @@ def _parse_slowly(path: Path, raw: bytes, ncol: int) -> np.ndarray:
             raise DataError(
                 f"{path}: row {r}, column {bad + 1} ({what}) = {cells[bad].strip()!r}; expected an integer"
             ) from None
+        except OverflowError:  # an integer beyond int64
+            bad = next(i for i, c in enumerate(cells) if abs(int(c)) >= 2**63)
+            what = "label" if bad == NUM_PIXELS else f"pixel {bad}"
+            expected = f"a class 0-{NUM_CLASSES - 1}" if bad == NUM_PIXELS else "0-255"
+            raise DataError(f"{path}: row {r}, column {bad + 1} ({what}) = {cells[bad].strip()}; expected {expected}") from None
     return values
 
 

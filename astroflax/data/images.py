@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from astroflax.data.checks import ABS_MAX, fits_warnings, show_value
 from astroflax.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -44,7 +45,14 @@ def read_image(path: str | Path) -> np.ndarray:
     ext = _suffix(path)
     if ext not in SUPPORTED:
         raise DataError(f"{path}: unsupported extension {ext or '(none)'!r}; expected one of {', '.join(SUPPORTED)}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected an image file ({', '.join(SUPPORTED)})")
     arr = _read_fits(path) if ext in FITS_EXTENSIONS else _read_pillow(path)
+    big = np.isfinite(arr) & (np.abs(arr) > ABS_MAX)
+    if big.any():  # finite in float64 but beyond what the float32 resampling and stretch can hold
+        at = tuple(int(k) for k in np.argwhere(big)[0])
+        raise DataError(f"{path}: pixel (x={at[1]}, y={at[0]}) is {show_value(arr[at])}; "
+                        f"expected |value| <= {ABS_MAX:g} [{int(big.sum())} such values]")
     arr = np.asarray(arr, np.float32)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
@@ -53,6 +61,11 @@ def read_image(path: str | Path) -> np.ndarray:
     finite = np.isfinite(arr)
     if not finite.any():
         raise DataError(f"{path}: every pixel is NaN/Inf; expected a real image")
+    if not finite.all():
+        import warnings
+
+        warnings.warn(f"{path}: {int((~finite).any(axis=-1).sum())} NaN/Inf pixels replaced by the image's median",
+                      UserWarning, stacklevel=2)
     arr = np.where(finite, arr, np.nanmedian(np.where(finite, arr, np.nan)))
     if float(arr.max() - arr.min()) == 0.0:
         raise DataError(f"{path}: image is constant (all pixels = {float(arr.flat[0])}); expected a galaxy image")
@@ -70,8 +83,10 @@ def _read_pillow(path: Path) -> np.ndarray:
             if im.mode == "LA":
                 return np.asarray(im.getchannel(0), np.float32)
             rgb = np.asarray(im.convert("RGB"), np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read as an image ({type(exc).__name__}: {exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: cannot read as an image, the file is damaged or truncated "
+                        f"({type(exc).__name__}: {first})") from None
     return rgb[..., ::-1]  # R, G, B -> i, r, g reversed = g, r, i
 
 
@@ -79,11 +94,14 @@ def _read_fits(path: Path) -> np.ndarray:
     from astropy.io import fits
 
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with fits_warnings(path), fits.open(path, memmap=False) as hdul:
             data = next((h.data for h in hdul if getattr(h, "data", None) is not None and h.data.ndim > 0), None)
-            data = None if data is None else np.array(data, dtype=np.float32)
-    except (OSError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: cannot read as FITS ({type(exc).__name__}: {exc})") from None
+            data = None if data is None else np.array(data, dtype=np.float64)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated/damaged files fail in many ways (e.g. "cannot reshape")
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: cannot read as FITS, the file is damaged or truncated ({type(exc).__name__}: {first})") from None
     if data is None:
         raise DataError(f"{path}: FITS file has no image data in any HDU")
     data = np.squeeze(data)
@@ -157,7 +175,13 @@ def load_images(path: str | Path, size: int, crop: float = 1.0, softening: float
     """Read, resize and normalise one file or every image in a folder: ((N, size, size, 3), names)."""
     files = list_image_files(path)
     imgs = [to_model_size(read_image(f), size, crop) for f in files]
-    return normalise(np.stack(imgs), softening), [f.name for f in files]
+    with np.errstate(over="ignore", invalid="ignore"):
+        images = normalise(np.stack(imgs), softening)
+    bad = ~np.isfinite(images).reshape(len(files), -1).all(axis=1)
+    if bad.any():  # never hand NaN/inf to the model
+        raise DataError(f"{files[int(np.flatnonzero(bad)[0])]}: pixel values are not finite after resizing and the "
+                        "asinh stretch; check the image's values")
+    return images, [f.name for f in files]
 
 
 def prepare_real(rgb_or_bands: np.ndarray, size: int, crop: float, softening: float, rgb: bool = True) -> np.ndarray:

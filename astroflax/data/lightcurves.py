@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from astroflax.data.cache import content_hash
+from astroflax.data.checks import F32_MAX, F32_TINY, MJD_RANGE, cell_error, out_of_range, range_text, show_value
 from astroflax.errors import DataError
 
 __all__ = [
@@ -69,6 +70,15 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 DETECTION_SNR = 5.0
 #: Quantile of |flux| used as the per-object flux scale in :func:`pad_lightcurves`.
 FLUX_SCALE_QUANTILE = 0.95
+#: Largest |flux| and flux_err accepted in user tables: PLAsTiCC FLUXCAL units (zero point 27.5),
+#: so 1e23 is magnitude -30, brighter than anything in the sky but the Sun.
+FLUX_ABS_MAX = 1e23
+#: Accepted ranges of the metadata columns (redshifts and E(B-V) in magnitudes); empty = missing.
+META_RANGES: dict[str, tuple[float, float]] = {
+    "hostgal_photoz": (0.0, 20.0),
+    "hostgal_photoz_err": (0.0, 20.0),
+    "mwebv": (0.0, 50.0),
+}
 
 _BUNDLED_NPZ = "plasticc_train.npz"
 
@@ -213,13 +223,6 @@ def _find_table(directory: Path, stem: str, what: str) -> Path:
     return cands[0]
 
 
-def show_value(value: Any) -> str:
-    """repr() of a cell value without numpy's ``np.int64(...)`` wrapping."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return repr(value)
-
-
 class Table:
     """A user table read with pandas, remembering how to name its rows in messages."""
 
@@ -251,17 +254,23 @@ class Table:
         return f"line {idx + 2}" if self.is_csv else f"row {idx} (0-based)"
 
     def fail(self, column: str | None, pos: int | None, msg: str, n_bad: int = 1, oid: Any = None) -> DataError:
-        loc = f"{self.path}"
-        if column is not None:
-            loc += f": column {column!r}"
+        where = None
         if pos is not None:
-            loc += f", {self.where(pos)}"
+            where = self.where(pos)
             if oid is None and "object_id" in self.df.columns and column != "object_id":
                 oid = self.df["object_id"].iloc[pos]
             if oid is not None:
-                loc += f" (object_id {oid})"
-        more = f" [{n_bad} bad rows in total]" if n_bad > 1 else ""
-        return DataError(f"{loc}: {msg}{more}")
+                where += f" (object_id {oid})"
+        return cell_error(self.path, column, where, msg, n_bad)
+
+    def check_range(self, column: str, values: np.ndarray, expected: str, lo: float | None = None,
+                    hi: float | None = None, lo_open: bool = False, hi_open: bool = False, note: str = "") -> None:
+        """A DataError at the first value of ``column`` outside the range (NaN = missing, not checked)."""
+        bad = out_of_range(values, lo, hi, lo_open, hi_open)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise self.fail(column, pos, f"expected {expected} {range_text(lo, hi, lo_open, hi_open)}{note}, "
+                                         f"got {show_value(values[pos])}", int(bad.sum()))
 
     def require(self, columns: tuple[str, ...], aliases: dict[str, str] | None = None) -> None:
         for alias, name in (aliases or {}).items():
@@ -280,19 +289,24 @@ class Table:
         import pandas as pd
 
         s = self.df[column]
-        if integer and pd.api.types.is_integer_dtype(s.dtype):
+        if integer and pd.api.types.is_signed_integer_dtype(s.dtype) and not s.isna().any():
             return s.to_numpy(dtype=np.int64)
-        v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge numbers become inf: reported below
+            v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         not_number = np.isnan(v) & s.notna().to_numpy()
         bad = not_number | np.isinf(v) | (np.isnan(v) if not allow_nan else False)
         if integer:
-            bad |= np.isfinite(v) & (v != np.round(v))
+            bad |= np.isfinite(v) & ((v != np.round(v)) | (np.abs(v) >= 2.0**63))
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
-            kind = "an integer" if integer else ("a finite number or empty" if allow_nan else "a finite number")
+            kind = ("an integer (int64: |id| < 9.2e18)" if integer else
+                    ("a finite number or empty" if allow_nan else "a finite number"))
             got = "an empty cell" if pd.isna(s.iloc[pos]) else show_value(s.iloc[pos])
             raise self.fail(column, pos, f"expected {kind}, got {got}", int(bad.sum()))
-        return v.astype(np.int64) if integer else v
+        if integer:
+            return v.astype(np.int64)
+        self.check_range(column, v, "a number that float32 can hold,", -F32_MAX, F32_MAX)
+        return v
 
 
 def _parse_passband(tab: Table) -> np.ndarray:
@@ -427,12 +441,18 @@ def load_user_lightcurves(directory: str | Path, class_names: list[str] | None =
         raise DataError(f"{lc_path}: the table has no rows; expected at least one observation")
     oid = lc.numeric("object_id", integer=True)
     mjd = lc.numeric("mjd")
+    lc.check_range("mjd", mjd, "a Modified Julian Date", *MJD_RANGE,
+                   note=" (days; a Julian Date is MJD + 2400000.5)")
     flux = lc.numeric("flux")
+    lc.check_range("flux", flux, "a flux in FLUXCAL units (zero point 27.5)", -FLUX_ABS_MAX, FLUX_ABS_MAX,
+                   note=", i.e. not brighter than magnitude -30")
     flux_err = lc.numeric("flux_err")
     bad = flux_err <= 0
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise lc.fail("flux_err", pos, f"expected a positive uncertainty, got {show_value(flux_err[pos])}", int(bad.sum()))
+    lc.check_range("flux_err", flux_err, "a positive uncertainty in FLUXCAL units", F32_TINY, FLUX_ABS_MAX,
+                   note=" (the lower bound is the smallest normal float32)")
     passband = _parse_passband(lc)
     if "detected" in lc.df.columns:
         detected = _parse_detected(lc)
@@ -449,14 +469,17 @@ def load_user_lightcurves(directory: str | Path, class_names: list[str] | None =
     sorted_m = m_oid[order_m]
     dup = np.flatnonzero(sorted_m[1:] == sorted_m[:-1])
     if dup.size:
-        pos = int(order_m[dup[0] + 1])
-        raise md.fail("object_id", pos, f"duplicate object_id {m_oid[pos]}; expected one row per object", dup.size + 1)
+        first, pos = sorted((int(order_m[dup[0]]), int(order_m[dup[0] + 1])))
+        raise md.fail("object_id", pos, f"duplicate object_id {m_oid[pos]}: also on {md.where(first)}; "
+                                        "expected one row per object", dup.size + 1)
     labels, names = _parse_labels(md, class_names)
     split = _parse_split(md)
     meta_cols, missing_cols = [], []
     for c in META_COLUMNS:
         if c in md.df.columns:
             v = md.numeric(c, allow_nan=True)
+            if c in META_RANGES:
+                md.check_range(c, v, f"{c} (empty = missing)", *META_RANGES[c])
             missing_cols.append(np.isnan(v))
             meta_cols.append(np.nan_to_num(v, nan=0.0))
         else:
@@ -502,7 +525,7 @@ def load_user_lightcurves(directory: str | Path, class_names: list[str] | None =
 
     flux32, ferr32 = flux.astype(np.float32), flux_err.astype(np.float32)
     version = content_hash(object_id, offsets, mjd, flux32, ferr32, passband, detected,
-                           labels, meta, meta_missing, split, names, length=12)
+                           labels, meta, meta_missing, split, repr(names).encode(), length=12)
     return LightCurveSet(
         object_id=object_id, offsets=offsets, mjd=mjd, flux=flux32, flux_err=ferr32,
         passband=passband, detected=detected, labels=labels, meta=meta,
@@ -623,10 +646,17 @@ def pad_lightcurves(lcs: LightCurveSet, max_len: int) -> dict[str, np.ndarray]:
     mask[kobj, col] = True
     obj_scale = scale[obj]
     meta = np.concatenate([lcs.meta.astype(np.float32), np.log10(scale).astype(np.float32)[:, None]], axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        arrays = {"time": scatter(lcs.mjd - t_ref[obj], np.float32), "flux": scatter(flux / obj_scale, np.float32),
+                  "flux_err": scatter(ferr / obj_scale, np.float32)}
+    for name, values in (*arrays.items(), ("meta", meta)):
+        bad = ~np.isfinite(values).reshape(n, -1).all(axis=1)
+        if bad.any():  # the readers' range checks should make this impossible: never feed NaN to the model
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{lcs.source}: object_id {lcs.object_id[i]}: its {name} is not finite after scaling "
+                            f"(flux scale {scale[i]:g}); check the flux and flux_err values of this object")
     return {
-        "time": scatter(lcs.mjd - t_ref[obj], np.float32),
-        "flux": scatter(flux / obj_scale, np.float32),
-        "flux_err": scatter(ferr / obj_scale, np.float32),
+        **arrays,
         "band": scatter(lcs.passband, np.int32),
         "detected": scatter(lcs.detected, np.float32),
         "mask": mask,

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import grain
 import numpy as np
 
-from astroflax.errors import CheckpointError
+from astroflax.errors import CheckpointError, ConfigError
 
 
 class ArraySource:
@@ -39,8 +39,9 @@ class TrainStream:
         self.version = version
         self.num_examples = len(ArraySource(arrays))
         if self.num_examples < batch_size:
-            raise ValueError(
-                f"train.batch_size={batch_size} is larger than the training split ({self.num_examples} examples)"
+            raise ConfigError(
+                f"config key 'train.batch_size' = {batch_size}: larger than the training split "
+                f"({self.num_examples} examples); use at most {self.num_examples}"
             )
         dataset = (
             grain.MapDataset.source(ArraySource(arrays))

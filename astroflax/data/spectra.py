@@ -21,6 +21,7 @@ import numpy as np
 import scipy.fft
 
 from astroflax.data.cache import content_hash
+from astroflax.data.checks import ABS_MAX, fits_warnings, show_value
 from astroflax.errors import DataError
 
 FILES = Path(__file__).parent / "files"
@@ -30,6 +31,8 @@ C_KMS = 299_792.458
 R_V = 3.1
 USER_SUFFIXES = (".csv", ".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 WAVE_COLUMNS = ("wavelength", "wave", "lambda", "lam", "wl", "loglam")
+#: Accepted wavelengths (Angstrom): from the far UV (10 A) to the far infrared (1e7 A = 1 mm).
+WAVE_RANGE = (10.0, 1e7)
 FLUX_COLUMNS = ("flux", "f_lambda", "flam", "fl")
 
 __all__ = [
@@ -292,6 +295,16 @@ def _check_values(wave: np.ndarray, flux: np.ndarray, where: str, max_nan_fracti
             f"({bad.mean():.0%}; at most {max_nan_fraction:.0%} allowed)"
         )
     good = np.flatnonzero(~bad)
+    for name, values, ok, expected in (
+        ("wavelength", wave, (wave >= WAVE_RANGE[0]) & (wave <= WAVE_RANGE[1]),
+         f"a wavelength in Angstrom in [{WAVE_RANGE[0]:g}, {WAVE_RANGE[1]:g}]"),
+        ("flux", flux, np.abs(flux) <= ABS_MAX, f"a flux with |flux| <= {ABS_MAX:g} (rescale the spectrum)"),
+    ):
+        out = np.flatnonzero(~ok[good])
+        if out.size:
+            r = int(good[out[0]])
+            more = f" [{out.size} bad rows in total]" if out.size > 1 else ""
+            raise DataError(f"{where}: {name} at row {r + 1} is {show_value(values[r])}; expected {expected}{more}")
     step = np.diff(wave[good])
     if np.any(step <= 0):
         j = int(np.flatnonzero(step <= 0)[0])
@@ -330,43 +343,71 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         arrays.append(vals.to_numpy(np.float64))
     wave, flux = arrays
     if wcol.strip().lower() == "loglam":
-        wave = 10.0**wave
+        with np.errstate(over="ignore"):
+            wave = 10.0**wave
     return wave, flux
 
 
 def _read_fits(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from astropy.io import fits
 
+    def first_line(exc: BaseException) -> str:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
     try:
-        hdul = fits.open(path, memmap=False)
+        with fits_warnings(path):
+            hdul = fits.open(path, memmap=False)
+    except DataError:
+        raise
     except Exception as exc:
-        raise DataError(f"{path}: cannot read as FITS ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    with hdul:
-        for i, hdu in enumerate(hdul):
-            if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)) and hdu.data is not None:
-                cols = list(hdu.columns.names)
-                where = f"{path} HDU {i}"
-                wcol = _pick_column(cols, WAVE_COLUMNS, "wavelength", where)
-                fcol = _pick_column(cols, FLUX_COLUMNS, "flux", where)
+        raise DataError(f"{path}: cannot read as FITS ({type(exc).__name__}: {first_line(exc)})") from None
+    try:
+        with hdul, fits_warnings(path):
+            return _spectrum_from_hdus(path, hdul)
+    except DataError:
+        raise
+    except Exception as exc:  # a truncated or damaged file fails when its data are read (e.g. "cannot reshape")
+        raise DataError(f"{path}: cannot read the FITS data, the file is truncated or damaged "
+                        f"({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def _spectrum_from_hdus(path: Path, hdul) -> tuple[np.ndarray, np.ndarray]:
+    from astropy.io import fits
+
+    for i, hdu in enumerate(hdul):
+        if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)) and hdu.data is not None:
+            cols = list(hdu.columns.names)
+            where = f"{path} HDU {i}"
+            wcol = _pick_column(cols, WAVE_COLUMNS, "wavelength", where)
+            fcol = _pick_column(cols, FLUX_COLUMNS, "flux", where)
+            try:
                 wave = np.asarray(hdu.data[wcol], np.float64).ravel()
                 flux = np.asarray(hdu.data[fcol], np.float64).ravel()
-                if wcol.lower() == "loglam":
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: columns {wcol!r} and {fcol!r} must be numeric") from None
+            if wcol.lower() == "loglam":
+                with np.errstate(over="ignore"):
                     wave = 10.0**wave
-                return wave, flux
-        for i, hdu in enumerate(hdul):
-            if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.data is not None:
-                data = np.squeeze(np.asarray(hdu.data, np.float64))
-                where = f"{path} HDU {i}"
-                if data.ndim != 1:
-                    raise DataError(f"{where}: image spectrum must be 1-D, got shape {hdu.data.shape}")
-                h = hdu.header
-                if "CRVAL1" not in h or ("CDELT1" not in h and "CD1_1" not in h):
-                    raise DataError(f"{where}: 1-D image needs WCS keywords CRVAL1 and CDELT1 (or CD1_1)")
+            return wave, flux
+    for i, hdu in enumerate(hdul):
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.data is not None:
+            data = np.squeeze(np.asarray(hdu.data, np.float64))
+            where = f"{path} HDU {i}"
+            if data.ndim != 1:
+                raise DataError(f"{where}: image spectrum must be 1-D, got shape {hdu.data.shape}")
+            h = hdu.header
+            if "CRVAL1" not in h or ("CDELT1" not in h and "CD1_1" not in h):
+                raise DataError(f"{where}: 1-D image needs WCS keywords CRVAL1 and CDELT1 (or CD1_1)")
+            try:
                 delt = float(h["CDELT1"] if "CDELT1" in h else h["CD1_1"])
-                pix = np.arange(1, data.size + 1, dtype=np.float64)
-                coord = float(h["CRVAL1"]) + (pix - float(h.get("CRPIX1", 1.0))) * delt
-                wave = 10.0**coord if int(h.get("DC-FLAG", 0)) == 1 else coord
-                return wave, data
+                crval, crpix = float(h["CRVAL1"]), float(h.get("CRPIX1", 1.0))
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: WCS keywords CRVAL1, CRPIX1 and CDELT1/CD1_1 must be numbers") from None
+            pix = np.arange(1, data.size + 1, dtype=np.float64)
+            coord = crval + (pix - crpix) * delt
+            with np.errstate(over="ignore"):
+                wave = 10.0**coord if str(h.get("DC-FLAG", 0)).strip() in ("1", "1.0", "True") else coord
+            return wave, data
     raise DataError(f"{path}: no binary table with wavelength/flux columns and no 1-D image spectrum")
 
 
@@ -415,5 +456,11 @@ def load_user_spectra(
         if not np.median(rebinned) > 0:
             raise DataError(f"{f}: median flux in {grid[0]:.0f}-{grid[-1]:.0f} A is {np.median(rebinned):g}, expected > 0")
         rows.append(rebinned)
-    flux = normalise_continuum(np.stack(rows), grid, normalise)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        flux = normalise_continuum(np.stack(rows), grid, normalise)
+    bad = ~np.isfinite(flux).all(axis=1)
+    if bad.any():  # never hand NaN/inf to the model
+        f = files[int(np.flatnonzero(bad)[0])]
+        raise DataError(f"{f}: the flux is not finite after resampling and continuum normalisation ({normalise}); "
+                        "check the flux values of this spectrum")
     return flux, [f.name for f in files]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from astroflax.data import variable_sim as vs
+from astroflax.data.checks import F32_MAX, F32_TINY, MAG_RANGE, MJD_RANGE, TIME_RANGE
 from astroflax.data.lightcurves import Table, show_value
 from astroflax.errors import DataError
 
@@ -51,7 +52,12 @@ def normalise(mag: np.ndarray, err: np.ndarray, band: np.ndarray, mask: np.ndarr
                 med = np.nanmedian(np.where(sel, mag, np.nan), axis=1)
                 ref = np.where(sel, med[:, None], ref)
     flux = np.where(mask, -(mag - ref), 0.0).astype(np.float32)
-    return flux, np.where(mask, err, 0.0).astype(np.float32)
+    flux_err = np.where(mask, err, 0.0).astype(np.float32)
+    bad = ~(np.isfinite(flux) & np.isfinite(flux_err)).all(axis=1)
+    if bad.any():  # the range checks of read_table should make this impossible: never feed NaN to the model
+        raise DataError(f"object {int(np.flatnonzero(bad)[0])} (0-based): magnitudes or errors are not finite "
+                        "after normalisation; check its mag/flux and err values")
+    return flux, flux_err
 
 
 def model_arrays(time, mag, err, band, mask, mode: str) -> Arrays:
@@ -164,19 +170,29 @@ def read_table(path: str | Path) -> tuple[Arrays, np.ndarray]:
         pos = int(np.flatnonzero(oid_raw.isna().to_numpy())[0])
         raise tab.fail("object_id", pos, "expected an object id, got an empty cell", int(oid_raw.isna().sum()))
     t = tab.numeric(tcol)
+    if tcol == "mjd":
+        tab.check_range(tcol, t, "a Modified Julian Date", *MJD_RANGE, note=" (days; a Julian Date is MJD + 2400000.5)")
+    else:
+        tab.check_range(tcol, t, "a time in days", *TIME_RANGE)
     v = tab.numeric(vcol)
     e = tab.numeric(ecol)
     bad = e <= 0
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise tab.fail(ecol, pos, f"expected a positive uncertainty, got {show_value(e[pos])}", int(bad.sum()))
+    tab.check_range(ecol, e, "a positive uncertainty that float32 can hold,", F32_TINY, F32_MAX)
     if vcol == "flux":
         bad = v <= 0
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
             raise tab.fail("flux", pos, f"expected a positive flux (it is converted to a magnitude), got {show_value(v[pos])}", int(bad.sum()))
-        e = 2.5 / np.log(10) * e / v
+        tab.check_range("flux", v, "a positive flux that float32 can hold,", F32_TINY, F32_MAX)
+        with np.errstate(over="ignore"):  # an error far above data.max_err only drops the visit
+            e = 2.5 / np.log(10) * e / v
         v = -2.5 * np.log10(v)
+    else:
+        tab.check_range("mag", v, "an apparent magnitude", *MAG_RANGE,
+                        note=" (99, -99 and -9999 are 'no data' codes in many catalogues: drop those visits)")
     text = df["band"].astype("string").str.strip().str.lower().str.removesuffix(".0").to_numpy(dtype=object, na_value=None)
     band = np.array([BAND_ALIASES.get(x, -1) if x is not None else -1 for x in text])
     bad = band < 0

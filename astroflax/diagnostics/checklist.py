@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from astroflax.errors import AstroflaxError
+from astroflax.runfiles import CHECKLIST_FILE, discard_checklist, load_checklist, save_checklist  # noqa: F401
 
 PLATEAU_REL_CHANGE = 0.05
 MAX_ECE = 0.03
@@ -249,7 +250,7 @@ def latency_and_memory(run, arrays: dict[str, np.ndarray] | None, repeats_1: int
     latency = _item(
         "latency", "inference latency", "pass" if ok else "fail", lat,
         f"median of {repeats_1} calls at batch 1 and {repeats_256} at batch 256 after 2 warm-up calls, jitted "
-        f"predict_fn on {device.platform.upper()} ({device.device_kind}), {jax.local_device_count()} device(s) visible",
+        f"prediction on {device.platform.upper()} ({device.device_kind}), {jax.local_device_count()} device(s) visible",
     )
     mib = 1024.0 * 1024.0
     param_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(jax.device_get(run.state.params)))
@@ -318,22 +319,3 @@ def run_checklist(run_dir: str | Path, checkpoint: str | int = "best", run: Any 
                 item["detail"] += f" ({data_error})"
     return items
 
-
-CHECKLIST_FILE = "checklist.json"
-
-
-def save_checklist(run_dir: str | Path, items: list[dict[str, Any]], step: int) -> Path:
-    """Write the checklist of checkpoint ``step`` to ``run_dir/checklist.json`` for the report."""
-    from astroflax.runs import write_json
-
-    return write_json(Path(run_dir) / CHECKLIST_FILE, {"step": int(step), "items": items})
-
-
-def load_checklist(run_dir: str | Path) -> dict[str, Any] | None:
-    """The saved checklist (``{"step", "items"}``), or None when there is none or it is unreadable."""
-    path = Path(run_dir) / CHECKLIST_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("items"), list) else None

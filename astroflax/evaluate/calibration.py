@@ -240,7 +240,7 @@ def calibrate_run(run: Any, dataset: Any = None, val_probs: np.ndarray | None = 
     if dataset is None:
         dataset = run.task.load_data(run.cfg)
     val = dataset.split("val")
-    if "label" not in val:
+    if "label" not in val or len(val["label"]) == 0:
         return None
     if val_probs is None:
         val_probs = run.predict(val)

@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from astroflax.runs import write_json
+from astroflax.runfiles import write_json
 from astroflax.tasks.base import Dataset
 
 
@@ -109,7 +109,9 @@ def evaluate_run(
         report["figures"] = figures
         report["calibration"] = calibration
     report["uncertainty"] = {"methods": methods}
-    report = {"task": task.name, "split": split, "checkpoint_step": run.step, "weights": weights, **report}
+    report = {"task": task.name, "split": split, "checkpoint_step": run.step, "weights": weights, **report,
+              # the declaration travels with the results, so the HTML report reads files only
+              "task_kind": task.kind, "declared_targets": {k: list(v) for k, v in task.targets.items()}}
     return Evaluation(run, dataset, split, report, to_save)
 
 

@@ -99,12 +99,13 @@ def mc_dropout_outputs(run: Any, arrays: dict, passes: int, seed: int = 0,
 
     if not isinstance(run, LoadedRun):
         raise ConfigError("--mc-dropout works on a single run, not on an ensemble directory")
-    if run.task.make_predict_stochastic_fn is None:
-        raise ConfigError(f"--mc-dropout: task {run.task.name!r} has no stochastic prediction "
+    make = run.task.make_predict_stochastic_fn
+    fn = make(run.cfg, run.info) if make is not None else None
+    if fn is None:
+        raise ConfigError(f"--mc-dropout: task {run.task.name!r} has no stochastic prediction for this run "
                           "(its model has no dropout, or batch norm would make passes depend on the batch)")
     if passes < 1:
         raise ConfigError(f"--mc-dropout {passes}: must be >= 1")
-    fn = run.task.make_predict_stochastic_fn(run.cfg, run.info)
     graphdef = run.graphdef
 
     @jax.jit

@@ -126,6 +126,40 @@ def _shape_ok(shape: tuple[int, ...], spec: list) -> bool:
     return all(isinstance(want, str) or got == want for got, want in zip(shape, spec))
 
 
+def _first_bad(mask: np.ndarray) -> str:
+    """``row 3`` or ``row 3, position [3, 17]`` of the first True of ``mask`` (first axis = object)."""
+    at = tuple(int(k) for k in np.argwhere(mask)[0])
+    return f"row {at[0]}" + (f" (position {list(at)})" if len(at) > 1 else "")
+
+
+def _check_representable(name: str, arr: np.ndarray, dtype: np.dtype) -> None:
+    """Refuse values the cast to the exported dtype would turn into inf or wrap around."""
+    if arr.size == 0:
+        return
+    if dtype.kind == "f" and arr.dtype.kind == "f":
+        big = np.isfinite(arr) & (np.abs(arr) > np.finfo(dtype).max)
+        if big.any():
+            raise ExportInputError(
+                f"input {name!r} {_first_bad(big)} is {arr[tuple(np.argwhere(big)[0])].item()!r}, which overflows {dtype} "
+                f"(|x| <= {float(np.finfo(dtype).max):.4g}) [{int(big.sum())} such values]")
+    elif dtype.kind in "iu" and arr.dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        big = (arr < info.min) | (arr > info.max)
+        if big.any():
+            raise ExportInputError(
+                f"input {name!r} {_first_bad(big)} is {int(arr[tuple(np.argwhere(big)[0])])}, outside the range of "
+                f"{dtype} [{info.min}, {info.max}]")
+
+
+def _check_finite(name: str, arr: np.ndarray) -> None:
+    """The exported function is compiled for finite inputs: NaN/inf would come out as NaN outputs."""
+    if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
+        bad = ~np.isfinite(arr)
+        raise ExportInputError(
+            f"input {name!r} {_first_bad(bad)} is {arr[tuple(np.argwhere(bad)[0])].item()!r}; expected finite values "
+            f"[{int(bad.sum())} non-finite values]")
+
+
 class ExportedModel:
     """A loaded export: ``predict(inputs) -> outputs`` plus the manifest's constants."""
 
@@ -212,7 +246,9 @@ class ExportedModel:
             if arr.dtype != dtype:
                 if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
                     raise ExportInputError(f"input {name!r} has dtype {arr.dtype}, expected {dtype}")
+                _check_representable(name, arr, dtype)
                 arr = arr.astype(dtype)
+            _check_finite(name, arr)
             out[name] = arr
         return out, int(n or 0)
 
@@ -220,7 +256,7 @@ class ExportedModel:
         """Outputs for every row of ``inputs`` (run in chunks of ``batch_size``, one compiled shape).
 
         ``calibrated=True`` applies the stored temperature to probability outputs
-        (``softmax(log p / T)``); outputs are otherwise exactly those of the task's ``predict_fn``.
+        (``softmax(log p / T)``); outputs are otherwise exactly those of the task's prediction function.
         """
         arrays, n = self._check_inputs(inputs)
         if n == 0:

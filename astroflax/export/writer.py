@@ -2,7 +2,7 @@
 
 The exported function is ``f(params, inputs) -> outputs``: ``params`` a flat dict of arrays
 (``params.npz``), ``inputs`` the model's preprocessed batch dict with a symbolic batch
-dimension ``b``, ``outputs`` exactly what the task's ``predict_fn`` returns. See
+dimension ``b``, ``outputs`` exactly what the task's prediction function returns. See
 ``docs/export_format.md``.
 """
 

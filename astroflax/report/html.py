@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from astroflax.diagnostics.checklist import load_checklist
+from astroflax.runfiles import ENSEMBLE_FILE, load_checklist
 from astroflax.errors import AstroflaxError
 
 REPORT_DIR = "report"
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
-_SKIP_HEADLINE = {"json_path", "task", "split", "checkpoint_step", "figures", "per_class", "auc_ovr",
+_SKIP_HEADLINE = {"json_path", "task_kind", "declared_targets", "task", "split", "checkpoint_step", "figures", "per_class", "auc_ovr",
                   "confusion_matrix", "class_names", "calibration", "uncertainty"}
 _PREFERRED = ["accuracy", "log_loss", "flat_weighted_log_loss", "ece", "loss"]
 
@@ -159,8 +159,6 @@ def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _members(run_dir: Path) -> dict[str, Path]:
-    from astroflax.ensembles import ENSEMBLE_FILE
-
     spec = _read_json(run_dir / ENSEMBLE_FILE)
     if isinstance(spec, dict) and spec.get("members"):
         return {str(m): run_dir / str(m) for m in spec["members"]}
@@ -218,6 +216,11 @@ def _training_section(run_dir: Path, members: dict[str, Path], out_dir: Path) ->
         parts.append(table(["run", "step", "of", "stopped by", "best step", "best value", "wall time (s)"], rows))
     fig = plot_training_curves(runs, out_dir / "training_curves.png")
     parts.append(image(fig, "training curves") if fig else '<p class="note">no metrics logged yet</p>')
+    events = [[name, r.get("step"), r.get("event"), r.get("why") or r.get("action"), r.get("to_step") or r.get("from_step")]
+              for name, records in runs.items() for r in records if r.get("split") == "event"]
+    if events:
+        parts.append('<h3 class="fail">Events</h3>'
+                     + table(["run", "step", "event", "why / action", "to / from step"], events))
     return "".join(parts)
 
 
@@ -306,40 +309,46 @@ def _lookup(report: dict[str, Any], key: str) -> Any:
     return node
 
 
-def _summary_section(run_dir: Path, task_name: str | None, evals: list[tuple[str, dict]]) -> str:
-    """What a reader came for: headline test figures against the task's targets, calibration
-    and checklist status."""
+def _target_met(goal: list, value: float) -> bool:
+    op, bound = goal
+    if op == "between":
+        return bound[0] <= value <= bound[1]
+    return value >= bound if op == ">=" else value <= bound
+
+
+def _summary_section(run_dir: Path, evals: list[tuple[str, dict]]) -> str:
+    """What a reader came for: headline figures against the task's declared targets (stored with
+    the evaluation), calibration and checklist status."""
     from astroflax.evaluate.calibration import load_calibration
 
     parts = []
-    task = _declared_task(task_name)
     split, rep = next(iter(evals), (None, None))
     if rep is None:
         parts.append('<p class="note">not evaluated yet: <code>astroflax evaluate RUN_DIR</code></p>')
     else:
-        targets = task.targets if task is not None else {}
+        targets = rep.get("declared_targets") or {}
         keys = [k for k in _PREFERRED if _is_number(rep.get(k))] + [k for k in targets if k not in _PREFERRED]
         rows = []
         for key in keys:
-            value = _lookup(rep, key)
-            goal = targets.get(key)
-            met = task.target_met(key, float(value)) if goal is not None and _is_number(value) else None
-            shown = (f"{goal[0]} {fmt(goal[1])}" if goal and goal[0] != "between"
-                     else (f"{fmt(goal[1][0])} to {fmt(goal[1][1])}" if goal else ""))
+            value, goal = _lookup(rep, key), targets.get(key)
+            met = _target_met(goal, float(value)) if goal and _is_number(value) else None
+            shown = "" if not goal else (f"{fmt(goal[1][0])} to {fmt(goal[1][1])}" if goal[0] == "between"
+                                         else f"{goal[0]} {fmt(goal[1])}")
             rows.append(f'<tr><td>{esc(key)}</td><td>{esc(fmt(value))}</td><td>{esc(shown)}</td>'
                         f'<td class="{"pass" if met else ("fail" if met is False else "na")}">'
                         f'{"met" if met else ("not met" if met is False else "")}</td></tr>')
-        parts.append(f"<p>{esc(split)} split, checkpoint {esc(rep.get('checkpoint_step'))}</p>"
+        note = "" if split == "test" or not targets else " (the targets are for the test split)"
+        parts.append(f"<p>{esc(split)} split, checkpoint {esc(rep.get('checkpoint_step'))}{esc(note)}</p>"
                      "<table><thead><tr><th>metric</th><th>value</th><th>target</th><th></th></tr></thead>"
                      f"<tbody>{''.join(rows)}</tbody></table>")
     rec = load_calibration(run_dir)
-    cal = (rep or {}).get("calibration") if rep else None
+    cal = (rep or {}).get("calibration")
     if isinstance(cal, dict) and "before" in cal:
         parts.append(f"<p>calibration: T = {esc(fmt(cal.get('temperature')))}; {esc(split)} ECE "
                      f"{esc(fmt(cal['before'].get('ece')))} → {esc(fmt((cal.get('after') or {}).get('ece')))}</p>")
     elif rec:
         parts.append(f"<p>calibration: T = {esc(fmt(rec.get('temperature')))} for checkpoint {esc(rec.get('checkpoint_step'))}</p>")
-    elif task is not None and task.is_classifier:
+    elif (rep or {}).get("task_kind") == "classifier":
         parts.append('<p class="note">calibration: not fitted yet</p>')
     saved = load_checklist(run_dir)
     if saved is not None:
@@ -348,20 +357,9 @@ def _summary_section(run_dir: Path, task_name: str | None, evals: list[tuple[str
         parts.append(f'<p>deployment checklist (checkpoint {esc(saved.get("step"))}): {statuses.count("pass")} pass, '
                      f'<span class="{"fail" if failed else "pass"}">{len(failed)} fail</span>'
                      + (f" ({esc(', '.join(failed))})" if failed else "") + f", {statuses.count('n/a')} n/a</p>")
-    elif not (run_dir / "ensemble.json").is_file():
+    elif not (run_dir / ENSEMBLE_FILE).is_file():
         parts.append('<p class="note">deployment checklist: not measured yet</p>')
     return "".join(parts)
-
-
-def _declared_task(name: str | None) -> Any:
-    if not name:
-        return None
-    from astroflax.tasks import get_task
-
-    try:
-        return get_task(name)
-    except AstroflaxError:
-        return None  # a task that is not installed here: the report still renders without targets
 
 
 def _is_number(v: Any) -> bool:
@@ -394,7 +392,7 @@ def render_report(run_dir: str | Path) -> str:
     kind = f"ensemble of {len(members)} members" if (run_dir / "ensemble.json").is_file() else "run"
 
     sections = [
-        ("summary", "Summary", _summary_section(run_dir, task, evals)),
+        ("summary", "Summary", _summary_section(run_dir, evals)),
         ("evaluation", "Evaluation",
          "".join(_eval_section(run_dir, s, r) for s, r in evals) or '<p class="note">not evaluated yet</p>'),
         ("calibration", "Calibration", _calibration_section(run_dir, evals)),

@@ -50,7 +50,6 @@ def _task_of(obj: object, where: str) -> Task:
 
 def _discover() -> None:
     global _DISCOVERED
-    _DISCOVERED = True
     for mod in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{mod.name}")
         if isinstance(getattr(module, "TASK", None), Task):
@@ -61,6 +60,7 @@ def _discover() -> None:
         except Exception as exc:  # a broken plug-in names itself instead of hiding every task
             raise ConfigError(f"entry point {ep.name!r} = {ep.value!r} ({ENTRY_POINT_GROUP}) failed to load: {exc}") from exc
         register(_task_of(obj, f"entry point {ep.name!r} = {ep.value!r}"))
+    _DISCOVERED = True  # only once every task loaded: a broken plug-in fails every call, not just the first
 
 
 def all_tasks() -> dict[str, Task]:

@@ -105,7 +105,8 @@ class Task:
       optimiser step, training only) and ``_label_smoothing`` (when configured).
     - ``make_predict_fn(cfg, info)`` -> ``predict_fn(model, batch)`` -> per-example outputs.
     - ``make_predict_stochastic_fn(cfg, info)`` -> ``(model, batch, rng) -> outputs`` with
-      dropout on (MC-dropout); None when the model has no stochastic layers.
+      dropout on (MC-dropout), or None for a config without dropout; the field itself is None
+      for models where MC-dropout never applies (e.g. batch norm).
     - ``score(outputs, split_arrays, info)`` -> JSON-able metrics; must contain ``loss``.
       Validation metrics are logged as ``val_<key>``. A score that depends on config settings
       (e.g. a loss weight) is built instead by ``make_score_fn(cfg, info)``; consumers call

@@ -14,6 +14,7 @@ passes ``presets=`` (a dict or the path of its own YAML file).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,13 +41,52 @@ def task(name: str, description: str, *, kind: Kind, presets: dict | str | Path 
     return Task(name=name, description=description, kind=kind, presets=_presets(name, presets), **fields)
 
 
+Stochastic = bool | Callable[[Any], bool]
+
+
+def _forward_fns(make_forward_fn: ForwardBuilder, loss: Callable, output: Callable, stochastic: Stochastic,
+                 fields: dict[str, Any]) -> dict[str, Any]:
+    """Loss, prediction and MC-dropout builders derived from one forward builder.
+
+    ``loss(outputs, batch) -> (loss, metrics)`` and ``output(outputs) -> array`` say what the
+    task kind does with the forward pass; ``stochastic`` (or ``stochastic(cfg)``) says whether
+    MC-dropout applies (dropout, and no batch norm, whose statistics would depend on the batch).
+    """
+    if stochastic and "make_predict_fn" in fields and "make_predict_stochastic_fn" not in fields:
+        raise ValueError("a task that overrides make_predict_fn and is stochastic also gives make_predict_stochastic_fn")
+
+    def make_loss_fn(cfg, info):
+        forward = make_forward_fn(cfg, info)
+        return lambda model, batch, rng, train: loss(forward(model, batch, train, rng), batch)
+
+    def make_predict_fn(cfg, info):
+        forward = make_forward_fn(cfg, info)
+        return lambda model, batch: output(forward(model, batch, False, None))
+
+    def make_predict_stochastic_fn(cfg, info):
+        if not (stochastic(cfg) if callable(stochastic) else stochastic):
+            return None
+        forward = make_forward_fn(cfg, info)
+        return lambda model, batch, rng: output(forward(model, batch, True, rng))
+
+    return {"make_loss_fn": make_loss_fn, "make_predict_fn": make_predict_fn,
+            "make_predict_stochastic_fn": make_predict_stochastic_fn if stochastic else None}
+
+
+def _build(name: str, description: str, kind: Kind, presets, defaults: dict, fields: dict, **extra: Any) -> Task:
+    if "make_score_fn" in fields:
+        defaults.pop("score")
+    return Task(name=name, description=description, kind=kind, presets=_presets(name, presets),
+                **extra, **{**defaults, **fields})
+
+
 def classification_task(
     name: str,
     description: str,
     *,
     make_logits_fn: ForwardBuilder,
     id_name: str = "id",
-    stochastic: bool = False,
+    stochastic: Stochastic = False,
     extra_columns: Callable[[Any, dict], list[str]] | None = None,
     presets: dict | str | Path | None = None,
     **fields: Any,
@@ -58,39 +98,19 @@ def classification_task(
     ``report``, ``format_predictions``...) may be given to override the default.
     """
 
-    def make_loss_fn(cfg, info):
-        logits = make_logits_fn(cfg, info)
-
-        def loss_fn(model, batch, rng, train):
-            return classify.weighted_cross_entropy(logits(model, batch, train, rng), batch)
-
-        return loss_fn
-
-    def make_predict_fn(cfg, info):
-        logits = make_logits_fn(cfg, info)
-        return lambda model, batch: jax.nn.softmax(logits(model, batch, False, None), axis=-1)
-
-    def make_predict_stochastic_fn(cfg, info):
-        logits = make_logits_fn(cfg, info)
-        return lambda model, batch, rng: jax.nn.softmax(logits(model, batch, True, rng), axis=-1)
-
     def output_columns(cfg, info):
         cols = [f"p_{c}" for c in info["class_names"]]
         return cols + (list(extra_columns(cfg, info)) if extra_columns else [])
 
     defaults = {
-        "make_loss_fn": make_loss_fn,
-        "make_predict_fn": make_predict_fn,
-        "make_predict_stochastic_fn": make_predict_stochastic_fn if stochastic else None,
+        **_forward_fns(make_logits_fn, classify.weighted_cross_entropy, lambda logits: jax.nn.softmax(logits, axis=-1),
+                       stochastic, fields),
         "score": classify.score,
         "report": classify.report,
-        "format_predictions": lambda probs, ids, info: classify.format_predictions(probs, ids, info, id_name=id_name),
+        "format_predictions": functools.partial(classify.format_predictions, id_name=id_name),
         "output_columns": output_columns,
     }
-    if "make_score_fn" in fields:
-        defaults.pop("score")
-    return Task(name=name, description=description, kind="classifier", presets=_presets(name, presets),
-                **{**defaults, **fields})
+    return _build(name, description, "classifier", presets, defaults, fields)
 
 
 def regression_task(
@@ -101,7 +121,7 @@ def regression_task(
     num_components: Callable[[Any], int] = lambda cfg: 1,
     target: str = "y",
     id_name: str = "id",
-    stochastic: bool = False,
+    stochastic: Stochastic = False,
     presets: dict | str | Path | None = None,
     **fields: Any,
 ) -> Task:
@@ -111,37 +131,12 @@ def regression_task(
     ``K = num_components(cfg)``; the target is ``batch[target]``. The default loss is the
     mixture NLL; pass ``make_loss_fn`` for another (see :func:`regress.distribution_loss`).
     """
-
-    def make_loss_fn(cfg, info):
-        forward = make_forward_fn(cfg, info)
-
-        def loss_fn(model, batch, rng, train):
-            return regress.distribution_loss(forward(model, batch, train, rng), batch[target], batch)
-
-        return loss_fn
-
-    def make_predict_fn(cfg, info):
-        forward = make_forward_fn(cfg, info)
-        return lambda model, batch: regress.pack(forward(model, batch, False, None))
-
-    def make_predict_stochastic_fn(cfg, info):
-        forward = make_forward_fn(cfg, info)
-        return lambda model, batch, rng: regress.pack(forward(model, batch, True, rng))
-
-    def output_columns(cfg, info):
-        return regress.packed_columns(target, num_components(cfg))
-
     defaults = {
-        "make_loss_fn": make_loss_fn,
-        "make_predict_fn": make_predict_fn,
-        "make_predict_stochastic_fn": make_predict_stochastic_fn if stochastic else None,
-        "score": regress.score,
-        "report": regress.report,
-        "format_predictions": lambda out, ids, info: regress.format_predictions(out, ids, info, id_name=id_name),
-        "output_columns": output_columns,
+        **_forward_fns(make_forward_fn, lambda out, batch: regress.distribution_loss(out, batch[target], batch),
+                       regress.pack, stochastic, fields),
+        "score": functools.partial(regress.score, target=target),
+        "report": functools.partial(regress.report, target=target),
+        "format_predictions": functools.partial(regress.format_predictions, id_name=id_name, target=target),
+        "output_columns": lambda cfg, info: regress.packed_columns(target, num_components(cfg)),
     }
-    if "make_score_fn" in fields:
-        defaults.pop("score")
-    return Task(name=name, description=description, kind="regressor", distribution="gaussian_mixture",
-                presets=_presets(name, presets), **{**defaults, **fields})
-
+    return _build(name, description, "regressor", presets, defaults, fields, distribution="gaussian_mixture")

@@ -24,6 +24,7 @@ from pydantic import Field
 from astroflax.data import digits
 from astroflax.data.cache import content_hash
 from astroflax.data.splits import indices_from_codes
+from astroflax.errors import AstroflaxError
 from astroflax.models.vae import DigitClassifier
 from astroflax.tasks.base import Dataset, Section
 from astroflax.tasks.builders import classification_task
@@ -131,7 +132,10 @@ def _train_judge(cfg, data_version: str) -> Any:
     from astroflax.train.loop import train
 
     run_dir = Path(cfg.run_dir)
-    train(cfg, console=Console(stderr=True, quiet=True))
+    result = train(cfg, console=Console(stderr=True, quiet=True))
+    if result.stopped_by not in (None, "early_stopping"):  # a signal: never mark a half-trained judge complete
+        raise AstroflaxError(f"training of the vae judge in {run_dir} stopped by {result.stopped_by} at step "
+                             f"{result.step}; evaluate again to finish it")
     dataset = TASK.load_data(cfg)
     test = dataset.split("test")
     run = load_run(run_dir, "latest")

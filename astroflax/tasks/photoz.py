@@ -85,7 +85,7 @@ def make_forward_fn(cfg, info: dict):
             if d.noise_augment:
                 sigma = jnp.minimum(mag_err, d.max_noise_err)
                 mag = mag + sigma * jax.random.normal(noise_rng, mag.shape, mag.dtype)
-        return model(features(mag, mag_err, info["use_errors"], xp=jnp), train=train, rng=drop_rng)
+        return model(features(mag, mag_err, d.use_errors, xp=jnp), train=train, rng=drop_rng)
 
     return forward
 
@@ -157,6 +157,6 @@ TASK = regression_task(
     normalisation_keys=("input_mean", "input_std", "target_mean", "target_std"),
     targets={"sigma_nmad": ("<=", 0.02), "outlier_fraction": ("<=", 0.01),
              "coverage_68": ("between", (0.65, 0.71)), "coverage_95": ("between", (0.93, 0.97))},
-    stochastic=True,  # MC-dropout when model.dropout > 0 (no batch norm in the MLP)
+    stochastic=lambda cfg: cfg.model.dropout > 0,  # MC-dropout needs dropout (the MLP has no batch norm)
     load_inputs=load_inputs,
 )

@@ -2,7 +2,7 @@
 
 Models return a Gaussian mixture over the target, ``(logits, means, log_sigmas)`` each
 ``(B, K)`` (K = 1 for a Gaussian head), e.g. :class:`astroflax.models.mlp.MLPRegressor`.
-``predict_fn`` returns :func:`pack` of that, an ``(B, 3K)`` array ``[weights | means | sigmas]``,
+Prediction returns :func:`pack` of that, an ``(B, 3K)`` array ``[weights | means | sigmas]``,
 which :func:`score`, :func:`report` and :func:`format_predictions` read back with :func:`unpack`.
 
 ``info`` keys used here: ``target`` (name, e.g. ``"z"``; also the batch/array key of the
@@ -101,9 +101,11 @@ def unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------ score / report
 
 
-def score(outputs: np.ndarray, arrays: dict, info: dict) -> dict[str, Any]:
-    """Validation scores; ``loss`` is the mean mixture (or Gaussian) NLL in target units."""
-    y = arrays[info.get("target", "y")]
+def score(outputs: np.ndarray, arrays: dict, info: dict, target: str | None = None) -> dict[str, Any]:
+    """Validation scores; ``loss`` is the mean mixture (or Gaussian) NLL in target units.
+
+    ``target`` names the array of true values (default ``info["target"]``, else ``"y"``)."""
+    y = arrays[target or info.get("target", "y")]
     m = reg.regression_metrics(y, *unpack(outputs), redshift=bool(info.get("redshift", False)))
     keys = ["nll", "crps", "rmse", "coverage_68", "coverage_95", "pit_ks"]
     if info.get("redshift"):
@@ -111,9 +113,10 @@ def score(outputs: np.ndarray, arrays: dict, info: dict) -> dict[str, Any]:
     return {"loss": m["nll"], **{k: m[k] for k in keys}}
 
 
-def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any = None) -> dict[str, Any]:
+def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any = None,
+           target: str | None = None) -> dict[str, Any]:
     """All metrics plus PIT, coverage and predicted-vs-true figures under ``out_dir``."""
-    name = info.get("target", "y")
+    name = target or info.get("target", "y")
     y = np.asarray(arrays[name], np.float64)
     w, m, s = unpack(outputs)
     redshift = bool(info.get("redshift", False))
@@ -132,9 +135,10 @@ def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: An
     return rep
 
 
-def format_predictions(outputs: np.ndarray, ids: np.ndarray, info: dict, id_name: str = "id") -> list[dict[str, Any]]:
+def format_predictions(outputs: np.ndarray, ids: np.ndarray, info: dict, id_name: str = "id",
+                       target: str | None = None) -> list[dict[str, Any]]:
     """One row per example: id, ``<target>_mean``, ``<target>_sigma`` (+ per-component columns if K > 1)."""
-    name = info.get("target", "y")
+    name = target or info.get("target", "y")
     w, m, s = unpack(outputs)
     mean, std = reg.mixture_mean_std(w, m, s)
     k = w.shape[1]

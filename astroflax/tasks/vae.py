@@ -7,7 +7,7 @@ default, ``model.prior``), with an optional linear ramp of the KL weight. Evalua
 ELBO in nats per image and the *conditional accuracy*: the fraction of digits generated for
 a requested class that an independently trained CNN (the ``digits`` task) assigns to it.
 
-``predict_fn`` derives its random keys from each image's ``example_id``, so evaluation is
+Prediction derives its random keys from each image's ``example_id``, so evaluation is
 deterministic and needs no RNG state. Presets: ``presets/vae.yaml``.
 """
 
@@ -28,8 +28,8 @@ from astroflax.models.vae import ConditionalVAE, bernoulli_nll, gaussian_kl, log
 from astroflax.tasks.base import Dataset, LossFn, PredictFn, Section
 from astroflax.tasks.builders import task
 
-EVAL_KEY_SEED = 20140101  # base key of predict_fn; folded with each example_id
-OUT_COLUMNS = ("recon", "kl", "nll_iwae")  # leading columns of predict_fn's output; then the sample
+EVAL_KEY_SEED = 20140101  # base key of the prediction; folded with each example_id
+OUT_COLUMNS = ("recon", "kl", "nll_iwae")  # leading columns of the prediction; then the sample
 CLASSIFIER_DIR = "digit_classifier"  # <run_dir>/eval/<this>/classifier.json: the judge that scored the run
 
 

@@ -116,7 +116,7 @@ def build_model(cfg, info: dict, rngs: nnx.Rngs) -> TransientClassifier:
 
 
 def make_logits_fn(cfg, info: dict):
-    """The classifier reads its inputs (time, flux, flux_err, band, mask, meta) from the batch."""
+    """The classifier reads its inputs (time, flux, flux_err, band, mask) from the batch."""
     return lambda model, batch, train, rng: model(batch, train=train, rng=rng)
 
 

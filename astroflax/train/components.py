@@ -65,8 +65,8 @@ def build_components(
     """
     task = get_task(cfg.task)
     mesh = mesh if mesh is not None else make_mesh()
-    check_divisible(cfg.train.batch_size, mesh, "train.batch_size")
-    if info is None:
+    if info is None:  # training: the global batch is split over the devices
+        check_divisible(cfg.train.batch_size, mesh, "train.batch_size")
         dataset = dataset if dataset is not None else task.load_data(cfg)
         info = dataset.info
     num_train = num_examples(dataset, info) or cfg.train.batch_size

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import yaml
+import jax.numpy as jnp
 from rich.console import Console
 
-from astroflax.config import ExperimentConfig
+from astroflax.config import ExperimentConfig, finalize_config, load_yaml_file
 from astroflax.data.pipeline import TrainStream
 from astroflax.errors import CheckpointError, ConfigError, TrainingDiverged
 from astroflax.runtime import enable_compile_cache
@@ -30,6 +30,7 @@ from astroflax.train.components import Components, build_components
 from astroflax.train.hooks import Hooks
 from astroflax.train.metrics_log import MetricsWriter
 from astroflax.train.policies import EarlyStopping, SavePolicy, require_metric
+from astroflax.train.precision import all_finite
 from astroflax.train.predict import predict_arrays
 from astroflax.train.progress import TrainProgress
 from astroflax.train.sharding import replicate, shard_batch
@@ -38,7 +39,18 @@ from astroflax.train.state import count_params
 from astroflax.train.step import init_accumulator, make_predict_step, make_train_step, summarise_accumulator
 
 # Keys that may differ between the saved config and the config of a resumed run.
-RESUMABLE_CHANGES = {"train.progress", "train.log_every", "name", "run_dir"}
+RESUMABLE_CHANGES = {"train.progress", "train.log_every", "name", "run_dir", "checkpoint.backup_dir",
+                     "checkpoint.backup_every"}
+
+
+def _finite_val(meta: dict) -> bool:
+    """A checkpoint to roll back to: its validation metrics (if any) are all finite."""
+    val = meta.get("val_metrics") or {}
+    return all(not isinstance(v, (int, float)) or math.isfinite(v) for v in val.values())
+
+
+class RolledBack(Exception):
+    """Raised inside the loop body after a rollback: the step's remaining hooks must not run."""
 
 
 @dataclasses.dataclass
@@ -72,7 +84,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
 def will_resume(cfg: ExperimentConfig, run_dir: Path, resume: bool | None) -> bool:
     """Whether this run continues from a checkpoint; refuses a resume that cannot be exact."""
     ckpt_dir = run_dir / "checkpoints"
-    has_ckpt = ckpt_dir.is_dir() and Checkpointer(ckpt_dir, read_only=True).latest_step() is not None
+    try:  # the primary directory or, with checkpoint.backup_dir, the backup alone
+        has_ckpt = bool(Checkpointer(ckpt_dir, cfg.checkpoint, read_only=True).available_steps())
+    except CheckpointError:
+        has_ckpt = False
     if resume and not has_ckpt:
         raise CheckpointError(f"--resume: no complete checkpoint in {ckpt_dir}")
     if resume is False and has_ckpt:
@@ -81,7 +96,9 @@ def will_resume(cfg: ExperimentConfig, run_dir: Path, resume: bool | None) -> bo
         )
     saved_cfg = run_dir / "config.yaml"
     if has_ckpt and saved_cfg.exists():
-        diffs = config_differences(yaml.safe_load(saved_cfg.read_text()), cfg.model_dump(mode="json"))
+        # Validated first, so keys added to a section since the run started compare as their defaults.
+        saved = finalize_config(load_yaml_file(saved_cfg)).model_dump(mode="json")
+        diffs = config_differences(saved, cfg.model_dump(mode="json"))
         if diffs:
             raise ConfigError(
                 f"cannot resume {run_dir}: the config differs from the saved one in {', '.join(diffs)}; "
@@ -109,8 +126,8 @@ class _Run:
 
     # ------------------------------------------------------------------ start
     def restore_latest(self) -> None:
-        self.step = self.ckpt.latest_step()
-        self.state, data_state, meta = self.ckpt.restore(self.step, abstract_like(self.state))
+        """The newest intact checkpoint (damaged ones are moved aside, the backup is tried)."""
+        self.step, self.state, data_state, meta = self.ckpt.restore_latest(abstract_like(self.state))
         self.stream.set_state(data_state)
         self.stopper = EarlyStopping(self.cfg.train.early_stopping, meta.get("early_stopping"))
         self.saver.last_saved = self.step
@@ -133,6 +150,7 @@ class _Run:
         self.metric_names = [k for k in acc if k != "count"]
         self.acc = self.fresh_acc()
         self.writer = MetricsWriter(self.run_dir, resume_step=self.step)  # a fresh start drops logs of a run killed before its 1st save
+        self.log_checkpoint_events()
         self.console.print(
             f"Training [bold]{c.task.name}[/] ({count_params(self.state.params):,} parameters) for {c.total_steps} "
             f"steps, batch {cfg.train.batch_size} on {c.mesh.devices.size} device(s); run directory {self.run_dir}"
@@ -158,16 +176,16 @@ class _Run:
 
     # ---------------------------------------------------------- periodic work
     def log_train(self, step: int) -> None:
-        logged = summarise_accumulator(jax.device_get(self.acc))  # the only host sync between evaluations
+        # The only host sync between evaluations: the metrics and the guard's streak counter.
+        host, streak = jax.device_get((self.acc, self.state.nonfinite_streak))
+        logged = summarise_accumulator(host)
         self.acc = self.fresh_acc()
         self.train_loss = logged["loss"]
         self.bar.logged(step, self.train_loss)
         self.writer.write(step, "train", {**logged, "samples_per_s": self.bar.rate})
-        if not math.isfinite(self.train_loss):
-            raise TrainingDiverged(
-                f"training loss is {self.train_loss} at step {step} (checkpoints up to step {self.saver.last_saved} "
-                "are intact); lower optim.lr or check the data"
-            )
+        if int(streak) >= self.cfg.train.nonfinite.max_consecutive:
+            self.diverged(step, f"{int(streak)} consecutive updates had a non-finite loss, gradient or parameter "
+                                "and were skipped")
 
     def validate(self, step: int) -> None:
         cfg, c = self.cfg, self.c
@@ -176,6 +194,10 @@ class _Run:
         scores = self.score(outputs, self.val_arrays, c.info)
         self.last_val = {f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))}
         self.writer.write(step, "val", self.last_val)
+        watched = {cfg.train.early_stopping.metric, cfg.checkpoint.metric, "val_loss"} & set(self.last_val)
+        bad = sorted(k for k in watched if not math.isfinite(float(self.last_val[k])))
+        if bad:
+            self.diverged(step, f"validation {', '.join(f'{k} = {self.last_val[k]}' for k in bad)}")
         improved = self.stopper.update(step, self.last_val)
         if cfg.checkpoint.keep_best:
             require_metric(cfg.checkpoint.metric, self.last_val, "checkpoint.metric")
@@ -185,18 +207,77 @@ class _Run:
         self.saver.after_eval(step, self.last_val, improved, step == c.total_steps)
 
     def save(self, step: int, val_metrics: dict | None) -> None:
-        """Start an async checkpoint of everything that decides the next step."""
+        """Start an async checkpoint of everything that decides the next step (never non-finite)."""
+        if not bool(jax.device_get(all_finite(self.state.params))):  # the step's guard makes this rare
+            self.diverged(step, "the parameters are not finite")
         metric = self.cfg.checkpoint.metric
-        ranked = {metric: float(val_metrics[metric])} if val_metrics and metric in val_metrics else None
+        value = (val_metrics or {}).get(metric)
+        ranked = {metric: float(value)} if value is not None and math.isfinite(float(value)) else None
         meta = {"step": step, "task": self.c.task.name, "config": self.cfg.model_dump(mode="json"),
                 "info": self.c.info, "dataset_version": self.c.dataset.version, "val_metrics": val_metrics,
                 "early_stopping": self.stopper.state}
         self.ckpt.save(step, self.state, self.stream.get_state(), json_safe(meta), ranked)
 
+    # ------------------------------------------------------------- divergence
+    def diverged(self, step: int, why: str) -> None:
+        """Roll back to the last checkpoint with finite parameters and validation metrics with a
+        lower learning rate, or stop with a message naming the step and the likely cause."""
+        nf = self.cfg.train.nonfinite
+        scale = float(jax.device_get(self.state.lr_scale))
+        rollbacks = round(math.log(scale) / math.log(nf.lr_factor))
+        lr = float(self.c.schedule(step)) * scale
+        target = self.last_good_checkpoint(step) if nf.action == "rollback" and rollbacks < nf.max_rollbacks else None
+        self.writer.event(step, "diverged", why=why, lr=lr, action="rollback" if target is not None else "stop",
+                          to_step=target)
+        if target is None:
+            done = [f"after {rollbacks} rollback(s)"] if rollbacks else []
+            if nf.action == "rollback" and rollbacks < nf.max_rollbacks:
+                done.append("with no checkpoint to roll back to")
+            raise TrainingDiverged(
+                f"training diverged at step {step}{''.join(' ' + d for d in done)}: {why}. Likely cause: the learning rate ({lr:.3g} at this "
+                f"step) is too high for this model and data, or the data hold extreme values; checkpoints up to "
+                f"step {self.saver.last_saved} are intact. Lower optim.lr (or check the schedule), or run "
+                f"`astroflax check` on the data"
+            )
+        target, state, data_state, meta = self.ckpt.restore_latest(abstract_like(self.state), at_most=target,
+                                                                   accept=_finite_val)
+        new_scale = scale * nf.lr_factor
+        self.state = state.replace(lr_scale=jax.device_put(jnp.float32(new_scale), state.lr_scale.sharding),
+                                   nonfinite_streak=jax.device_put(jnp.int32(0), state.nonfinite_streak.sharding))
+        self.stream.set_state(data_state)
+        self.stopper = EarlyStopping(self.cfg.train.early_stopping, meta.get("early_stopping"))
+        self.step, self.saver.last_saved, self.acc = target, target, self.fresh_acc()
+        self.writer.rewind(target)
+        self.writer.event(target, "rollback", from_step=step, lr_scale=new_scale)
+        self.bar.line(f"Diverged at step {step} ({why}); rolled back to checkpoint {target} with the learning rate "
+                      f"scaled by {new_scale:g}.")
+        self.bar.advance(target)
+        raise RolledBack(target)
+
+    def last_good_checkpoint(self, before: int) -> int | None:
+        """The newest checkpoint at or before ``before`` whose validation metrics (if any) are finite."""
+        self.ckpt.wait()
+        for step in sorted(self.ckpt.available_steps(), reverse=True):
+            if step > before:
+                continue
+            try:
+                if _finite_val(self.ckpt.read_meta(step)):
+                    return step
+            except CheckpointError:
+                continue  # damaged: restore_latest moves it aside when it gets there
+        return None
+
     # ------------------------------------------------------------------- end
+    def log_checkpoint_events(self) -> None:
+        """What the checkpointer reported (damaged steps moved aside, backups, retries) as events."""
+        events, self.ckpt.events = self.ckpt.events, []
+        for e in events:
+            self.writer.event(e.get("step", self.step), e["event"], **{k: v for k, v in e.items() if k not in ("event", "step")})
+
     def close(self) -> None:
         self.ckpt.close()
         if hasattr(self, "writer"):
+            self.log_checkpoint_events()
             self.writer.close()
 
     def summary(self, t_start: float) -> TrainResult:
@@ -238,16 +319,20 @@ def train(
     # ===================================================================== loop
     try:
         with GracefulStop() as stop, run.progress():
-            while run.step < c.total_steps:
+            # A run restored from an early stop has nothing left to do: the check comes first.
+            while run.step < c.total_steps and not run.stopper.should_stop and not stop.requested:
                 run.train_step(t_start)
-                hooks.run(run.step, last=run.step == c.total_steps)
-                if run.stopper.should_stop:
-                    run.stopped_by = "early_stopping"
-                    run.bar.line(f"Early stopping at step {run.step}: {run.stopper.describe()}.")
-                if run.stopped_by or stop.requested:
-                    run.saver.on_stop(run.step)
-                    break
-            run.stopped_by = run.stopped_by or (stop.name if stop.requested else None)
+                try:
+                    hooks.run(run.step, last=run.step == c.total_steps)
+                except RolledBack:
+                    continue  # the run went back to a checkpoint; carry on from there
+            if run.stopper.should_stop:
+                run.stopped_by = "early_stopping"
+                run.bar.line(f"Early stopping at step {run.step}: {run.stopper.describe()}.")
+            elif stop.requested:
+                run.stopped_by = stop.name
+            if run.stopped_by:
+                run.saver.on_stop(run.step)  # a no-op when this step is saved already
             run.ckpt.wait()  # async saves finish before the process may exit
     finally:
         run.close()

@@ -11,11 +11,21 @@ from tensorboardX import SummaryWriter
 
 
 def truncate_jsonl(path: Path, after_step: int) -> None:
-    """Drop lines logged after ``after_step``: a resumed run re-logs them."""
+    """Drop metric lines logged after ``after_step`` (a resumed run re-logs them); events stay."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= after_step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash mid-write
+        if record.get("split") == EVENT or record.get("step", 0) <= after_step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
+
+
+EVENT = "event"  # the ``split`` of records that say what happened (divergence, rollback), not metrics
 
 
 class MetricsWriter:
@@ -33,6 +43,19 @@ class MetricsWriter:
         for key, value in scalars.items():
             if math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{key}", value, step)
+
+    def event(self, step: int, name: str, **fields: Any) -> None:
+        """A record of something that happened, e.g. ``rollback``; kept across resumes and rewinds."""
+        self._file.write(json.dumps({"step": step, "split": EVENT, "event": name, **fields}, default=str) + "\n")
+        self._file.flush()
+
+    def rewind(self, step: int) -> None:
+        """Forget metrics logged after ``step`` (training went back to it); events stay."""
+        self._file.close()
+        self._tb.close()
+        truncate_jsonl(self.jsonl, step)
+        self._file = self.jsonl.open("a")
+        self._tb = SummaryWriter(str(self.jsonl.parent / "tb"), purge_step=step + 1)
 
     def close(self) -> None:
         self._file.close()

@@ -6,6 +6,7 @@ resumed run decides exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from astroflax.config import EarlyStoppingConfig
@@ -30,7 +31,9 @@ class EarlyStopping:
         """Record one evaluation; True if it improved on the best so far."""
         value = require_metric(self.cfg.metric, val_metrics, "train.early_stopping.metric")
         best = self.state["best"]
-        if best is None:
+        if not math.isfinite(value):
+            improved = False  # a NaN never becomes the best
+        elif best is None:
             improved = True
         elif self.cfg.mode == "min":
             improved = value < best - self.cfg.min_delta

@@ -1,39 +1,147 @@
 """Graceful stop on SIGINT/SIGTERM: finish the step, checkpoint, then exit.
 
 A single-process run needs its own handler: Orbax's preemption check relies on
-``jax.distributed``. A second Ctrl-C aborts at once.
+``jax.distributed``. The handler only records the signal; the training loop looks at
+:attr:`GracefulStop.requested` after every step. A second Ctrl-C raises
+:class:`InterruptedTwice` (a ``KeyboardInterrupt``) at once.
+
+No signal may be lost between the start of a command and the first step: the CLI enters a
+``GracefulStop`` before it builds anything (data, model, compilation), and the loop's own
+``GracefulStop`` is nested inside it. Nested instances share one record of the signals received,
+so a Ctrl-C during start-up (which would otherwise raise ``KeyboardInterrupt`` wherever the
+main thread happens to be, where a library may swallow it) is seen by the loop, which then
+stops before (or right after) its first step with a checkpoint. The record is cleared when the outermost
+instance is entered.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
 
+__all__ = ["GracefulStop", "InterruptedTwice", "cancel_deferred", "defer_while_importing"]
+
+#: Seconds between retries of an interrupt that arrived while a module was being imported.
+IMPORT_RETRY_S = 0.05
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether the main thread is inside an import (a KeyboardInterrupt raised there can break
+    the initialisation of a native extension such as jaxlib: ImportError or a crash)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def defer_while_importing(frame: FrameType | None) -> bool:
+    """True (and the SIGINT is delivered again ~50 ms later) when ``frame`` is inside an import;
+    a handler that would raise returns instead, and raises on the later delivery."""
+    if not _importing(frame):
+        return False
+    import _thread
+
+    cancel_deferred()
+    timer = threading.Timer(IMPORT_RETRY_S, _thread.interrupt_main)
+    timer.daemon = True
+    _DEFERRED.append(timer)
+    timer.start()
+    return True
+
+
+_DEFERRED: list[threading.Timer] = []
+
+
+def cancel_deferred() -> None:
+    """Drop an interrupt still waiting for an import to finish (the command is ending anyway)."""
+    while _DEFERRED:
+        _DEFERRED.pop().cancel()
+
+
+class InterruptedTwice(KeyboardInterrupt):
+    """A second SIGINT while a stop was already pending: abort without saving."""
+
+
+class _Received:
+    """The signals received while any GracefulStop is active (shared by nested instances)."""
+
+    signum: int | None = None
+    depth: int = 0
+    in_loop: int = 0  # how many active instances are training loops (the rest are start-up guards)
+    loops_entered: int = 0  # training loops entered since the outermost instance was
+
+
+def _handle(signum: int, frame: FrameType | None) -> None:
+    if _Received.signum == signal.SIGINT and signum == signal.SIGINT:
+        if defer_while_importing(frame):
+            return
+        raise InterruptedTwice
+    if _Received.signum is None:
+        _Received.signum = signum
+        name = signal.Signals(signum).name
+        again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+        if _Received.in_loop:
+            _write_stderr(f"\n{name} received: finishing this step and saving a checkpoint{again}\n")
+        elif not _Received.loops_entered:
+            _write_stderr(f"{name} received during start-up: stopping (with a checkpoint) as soon as the run is "
+                          f"set up{again}\n")
+        else:
+            _write_stderr(f"{name} received: stopping{again}\n")
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
+
 
 class GracefulStop:
-    def __init__(self) -> None:
-        self.signum: int | None = None
+    """Context manager that turns SIGINT/SIGTERM into :attr:`requested` (main thread only).
+
+    ``startup=True`` marks the guard a command enters before building the run (the loop uses
+    the default): it changes only the message printed when a signal arrives.
+    """
+
+    def __init__(self, startup: bool = False) -> None:
+        self.startup = startup
         self._old: dict[int, object] = {}
+        self._active = False
+
+    @property
+    def signum(self) -> int | None:
+        return _Received.signum
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
+        return _Received.signum is not None
 
     def __enter__(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if _Received.depth == 0:
+            _Received.signum = None
+            _Received.loops_entered = 0
+        _Received.depth += 1
+        _Received.in_loop += 0 if self.startup else 1
+        _Received.loops_entered += 0 if self.startup else 1
+        self._active = True
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, _handle)
         return self
 
     def __exit__(self, *exc) -> None:
+        if not self._active:
+            return
         for sig, old in self._old.items():
-            signal.signal(sig, old)  # type: ignore[arg-type]
+            signal.signal(sig, signal.SIG_DFL if old is None else old)  # type: ignore[arg-type]
+        self._old.clear()
+        _Received.depth -= 1
+        _Received.in_loop -= 0 if self.startup else 1
+        self._active = False
 
     @property
     def name(self) -> str:

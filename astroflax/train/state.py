@@ -23,6 +23,10 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     model_state: Any
+    # The non-finite guard (train/step.py, train/loop.py): consecutive rejected updates, and the
+    # factor on every update that rollbacks lower. Checkpointed, so a resume decides the same.
+    nonfinite_streak: jax.Array
+    lr_scale: jax.Array
 
 
 def create_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int) -> tuple[nnx.GraphDef, TrainState]:
@@ -34,12 +38,10 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int)
         # Raw uint32 key data (not a typed key) so that Orbax can save it like any array.
         rng=jax.random.key_data(jax.random.key(seed + 1)),
         model_state=model_state,
+        nonfinite_streak=jnp.zeros((), jnp.int32),
+        lr_scale=jnp.ones((), jnp.float32),
     )
     return graphdef, state
-
-
-def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
-    return nnx.merge(graphdef, state.params, state.model_state)
 
 
 def count_params(params: Any) -> int:

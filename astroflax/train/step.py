@@ -80,30 +80,55 @@ def make_train_step(
 
         (_, (loss, (aux, model_state), extra)), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        # lr_scale < 1 only after a rollback (train/loop.py); scaling the update scales the lr.
+        # Selected, not multiplied, at 1: XLA fuses a multiply into the parameter update (FMA),
+        # which changed the numbers of every run (measured: photoz val_loss after 600 steps).
+        scaled = state.lr_scale != 1.0
+        updates = jax.tree.map(lambda u: jnp.where(scaled, u * state.lr_scale.astype(u.dtype), u), updates)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
         precision_metrics = {}
         if loss_scaling:
+            # The scaler already skipped an overflowing update (zero updates, a lower scale): that
+            # is routine in float16. Divergence is a non-finite loss or non-finite parameters.
             grad_norm = grad_norm / state.opt_state.scale
             precision_metrics = {
                 "loss_scale": state.opt_state.scale,
                 "skipped": jnp.logical_not(all_finite(grads)).astype(jnp.float32),
             }
+            accept = all_finite(params)
+            diverged = jnp.logical_not(accept & jnp.isfinite(loss))
+        else:
+            # The non-finite guard: an update from a non-finite loss or gradient, or one that would
+            # make a parameter non-finite, is not applied (in every precision, not only float16).
+            accept = jnp.isfinite(loss) & all_finite(grads) & all_finite(params)
+            diverged = jnp.logical_not(accept)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)  # noqa: E731
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
             # The lr of this update: the schedule at the optimiser's own count (see optim.actual_lr).
-            "lr": actual_lr(state.opt_state, schedule, state.step),
-            "nonfinite": jnp.logical_not(jnp.isfinite(loss)).astype(jnp.float32),
+            "lr": actual_lr(state.opt_state, schedule, state.step) * state.lr_scale,
+            "nonfinite": diverged.astype(jnp.float32),
             **extra,
             **precision_metrics,
             **aux,
         }
+        # Means are over the steps whose update was applied (a skipped step's loss is NaN).
+        weight = accept.astype(jnp.float32) if not loss_scaling else jnp.float32(1.0)
         acc = {
-            k: v.astype(jnp.float32) if k in LAST_VALUE_METRICS else acc.get(k, 0.0) + v.astype(jnp.float32)
+            k: v.astype(jnp.float32) if k in LAST_VALUE_METRICS
+            else acc.get(k, 0.0) + (v.astype(jnp.float32) if k in COUNT_METRICS
+                                    else jnp.where(weight > 0, v.astype(jnp.float32), 0.0))
             for k, v in metrics.items()
-        } | {"count": acc["count"] + 1.0}
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+        } | {"count": acc["count"] + weight}
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state) if not loss_scaling else opt_state,
+            model_state=keep(model_state, state.model_state),
+            nonfinite_streak=jnp.where(diverged, state.nonfinite_streak + 1, 0).astype(jnp.int32),
+        )
         return new_state, acc
 
     return step
@@ -116,10 +141,13 @@ COUNT_METRICS = ("nonfinite", "skipped")
 
 
 def summarise_accumulator(host: dict[str, Any]) -> dict[str, float]:
-    """Logged values from a fetched accumulator (means, last values and counts; see above)."""
-    count = max(float(host["count"]), 1.0)
+    """Logged values from a fetched accumulator (means, last values and counts; see above).
+
+    Means are NaN (logged as null) when no update of the window was applied."""
+    count = float(host["count"])
     return {
-        k: float(v) if k in LAST_VALUE_METRICS or k in COUNT_METRICS else float(v) / count
+        k: float(v) if k in LAST_VALUE_METRICS or k in COUNT_METRICS
+        else (float(v) / count if count > 0 else float("nan"))
         for k, v in host.items()
         if k != "count"
     }
