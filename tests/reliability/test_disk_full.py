@@ -122,19 +122,24 @@ def test_disk_full_before_a_save_stops_cleanly_and_resumes_exactly(tmpfs, capsys
     lines = disk_lines(err)
     assert len(lines) == 1, err
     ckpts = run_dir.absolute() / "checkpoints"
-    assert lines[0].startswith(f"error: not enough free disk space in {ckpts} for checkpoint step 24: need ~")
-    assert "MB free; checkpoints up to step 16 are intact" in lines[0]
-    assert kept(run_dir) == ["16", "8"]  # no partial step 24, no temporary directory
-    for step in (8, 16):
+    # Usually step 24 is refused; the other files of the run grow with timing-dependent logs, so
+    # on some machines step 16 already is (seen on a fresh clone). Either way: one clear line.
+    refused = 24 if f"for checkpoint step 24: need ~" in lines[0] else 16
+    intact = refused - 8
+    assert lines[0].startswith(f"error: not enough free disk space in {ckpts} for checkpoint step {refused}: need ~")
+    assert f"MB free; checkpoints up to step {intact} are intact" in lines[0]
+    good = [s for s in (8, 16) if s <= intact]
+    assert kept(run_dir) == sorted(map(str, good))  # no partial step, no temporary directory
+    for step in good:
         assert params_of(run_dir, step).keys() == params_of(ref, step).keys()
         assert all(np.array_equal(a, b) for a, b in zip(params_of(run_dir, step).values(),
                                                          params_of(ref, step).values()))
 
-    # Space freed: --resume continues from 16 and ends as the uninterrupted run did.
+    # Space freed: --resume continues and ends as the uninterrupted run did.
     filler.unlink()
     code, _, err = run_main(train_argv(run_dir, "--resume"), capsys)
     assert code == 0, err
-    assert "from checkpoint step 16 of 24" in err and "Finished at step 24" in err
+    assert f"from checkpoint step {intact} of 24" in err and "Finished at step 24" in err
     reference, resumed = params_of(ref, 24), params_of(run_dir, 24)
     assert reference.keys() == resumed.keys()
     for key in reference:
