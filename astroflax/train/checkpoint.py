@@ -111,14 +111,15 @@ def _chain(exc: BaseException) -> Iterable[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
+def _matches(exc: BaseException, errnos: Any, texts: Any) -> bool:
+    """Whether any exception in the chain is an OSError with one of ``errnos`` or mentions one of ``texts``."""
+    return any((isinstance(e, OSError) and e.errno in errnos) or any(t in str(e).lower() for t in texts)
+               for e in _chain(exc))
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Out of space (ENOSPC / quota), as an OSError or as TensorStore's RESOURCE_EXHAUSTED text."""
-    for e in _chain(exc):
-        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
-            return True
-        if any(t in str(e).lower() for t in _DISK_FULL_TEXT):
-            return True
-    return False
+    return _matches(exc, _DISK_FULL_ERRNOS, _DISK_FULL_TEXT)
 
 
 def _disk_full_cause(exc: BaseException) -> str:
@@ -131,14 +132,7 @@ def _disk_full_cause(exc: BaseException) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """An I/O error worth retrying (EIO, EAGAIN, timeouts, UNAVAILABLE...); never a full disk."""
-    if is_disk_full(exc):
-        return False
-    for e in _chain(exc):
-        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
-            return True
-        if any(t in str(e).lower() for t in _TRANSIENT_TEXT):
-            return True
-    return False
+    return not is_disk_full(exc) and _matches(exc, _TRANSIENT_ERRNOS, _TRANSIENT_TEXT)
 
 
 def _mb(n: float) -> str:
