@@ -224,6 +224,8 @@ class ExperimentConfig(_Strict):
     name: str | None = Field(None, description="run name; default <task>-<preset>")
     run_dir: str | None = Field(None, description="run directory; default runs/<name>")
     preset: str | None = None
+    study: str | None = Field(None, description="the hyperparameter study this config came from "
+                              "(<study directory>#<trial>; set by astroflax tune, shown by the checklist)")
     # The task's own pydantic sections (see finalize_config): typed instances once resolved.
     data: Any = Field(default_factory=dict, description="task data options")
     model: Any = Field(default_factory=dict, description="task model options")
@@ -341,6 +343,7 @@ def build_config(
     overrides: list[str] | tuple[str, ...] = (),
     extra: dict | None = None,
     base: dict | None = None,
+    file_values: dict | None = None,
 ) -> ExperimentConfig:
     """Resolve the defaults + the task's preset + YAML file + overrides into a validated config.
 
@@ -348,7 +351,8 @@ def build_config(
     no flags beyond ``--run-dir``; anything given explicitly is still applied on top of it.
     """
     task = get_task(task_name)
-    file_values = load_yaml_file(config_file) if config_file else {}
+    # ``file_values``: the contents of a config file read earlier (a study keeps them, not the path)
+    file_values = load_yaml_file(config_file) if config_file else dict(file_values or {})
     if base is not None:
         if preset and preset != base.get("preset"):
             raise ConfigError(

@@ -5,8 +5,8 @@ User mistakes (bad paths, config keys, data) end in one line on stderr and exit 
 
 The commands live in one module per group: :mod:`~astroflax.cli.train` (train, ensemble,
 finetune), :mod:`~astroflax.cli.evaluate` (evaluate, calibrate, predict, sample),
-:mod:`~astroflax.cli.inspect` (tasks, config show, schedule, optimizers compare, check) and
-:mod:`~astroflax.cli.export`; :mod:`~astroflax.cli.common` holds what they share. Command
+:mod:`~astroflax.cli.inspect` (tasks, config show, schedule, optimizers compare, check),
+:mod:`~astroflax.cli.tune` (tune, tune show) and :mod:`~astroflax.cli.export`; :mod:`~astroflax.cli.common` holds what they share. Command
 modules import JAX, Flax and the trainer inside their commands, so ``astroflax --help``
 stays fast, and never import this module (it imports them).
 """
@@ -38,6 +38,7 @@ from astroflax.cli import evaluate as _evaluate_cmds  # noqa: E402
 from astroflax.cli import export as _export_cmds  # noqa: E402
 from astroflax.cli import inspect as _inspect_cmds  # noqa: E402
 from astroflax.cli import train as _train_cmds  # noqa: E402
+from astroflax.cli import tune as _tune_cmds  # noqa: E402
 from astroflax.cli.common import Debug, err, out  # noqa: E402
 from astroflax.errors import AstroflaxError  # noqa: E402
 from astroflax.train.signals import cancel_deferred, defer_while_importing  # noqa: E402
@@ -78,6 +79,7 @@ for _command in (
     app.command()(_command)
 app.add_typer(_inspect_cmds.config_app, name="config")
 app.add_typer(_inspect_cmds.optimizers_app, name="optimizers")
+app.add_typer(_tune_cmds.tune_app, name="tune")
 del _command
 
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from astroflax.runfiles import ENSEMBLE_FILE, load_checklist
 from astroflax.errors import AstroflaxError
+from astroflax.runfiles import ENSEMBLE_FILE, load_checklist
 
 REPORT_DIR = "report"
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
@@ -204,7 +204,6 @@ def _data_section(members: dict[str, Path]) -> str:
 
 def _training_section(run_dir: Path, members: dict[str, Path], out_dir: Path) -> str:
     from astroflax.report.figures import plot_training_curves
-
     from astroflax.train.metrics_log import read_metrics
 
     runs = {name: read_metrics(path) for name, path in members.items()}
@@ -402,26 +401,33 @@ def render_report(run_dir: str | Path) -> str:
         ("data", "Data", _data_section(members)),
         ("config", "Config", _config_section(run_dir, members)),
     ]
-    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in sections)
-    body = "".join(f'<section id="{sid}"><h2>{esc(title)}</h2>{content}</section>' for sid, title, content in sections)
-    title = f"astroflax report — {task or 'unknown task'} ({kind})"
+    return page(f"astroflax report — {task or 'unknown task'} ({kind})", run_dir, sections)
+
+
+def page(title: str, directory: Path, sections: list[tuple[str, str, str]]) -> str:
+    """A self-contained page: header, a nav bar and one ``<section>`` per (id, title, html)."""
+    nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in sections)
+    body = "".join(f'<section id="{sid}"><h2>{esc(name)}</h2>{content}</section>' for sid, name, content in sections)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
         f"<style>{CSS}</style><script>{CHECK_SCRIPT}</script></head><body>"
-        f"<header><h1>{esc(title)}</h1><p>{esc(run_dir.resolve())}</p>"
+        f"<header><h1>{esc(title)}</h1><p>{esc(directory.resolve())}</p>"
         f"<p>generated {esc(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p></header>"
         f"<nav>{nav}</nav><main>{body}</main><pre id=\"js-errors\" hidden></pre></body></html>\n"
     )
 
 
+def write_page(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a reader never sees half a page)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``<run_dir>/report/index.html`` (atomically) and return its path."""
     run_dir = Path(run_dir)
-    page = render_report(run_dir)
-    path = run_dir / REPORT_DIR / "index.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_page(run_dir / REPORT_DIR / "index.html", render_report(run_dir))

@@ -40,7 +40,7 @@ from astroflax.train.step import init_accumulator, make_predict_step, make_train
 
 # Keys that may differ between the saved config and the config of a resumed run.
 RESUMABLE_CHANGES = {"train.progress", "train.log_every", "name", "run_dir", "checkpoint.backup_dir",
-                     "checkpoint.backup_every"}
+                     "checkpoint.backup_every", "study"}
 
 
 def _finite_val(meta: dict) -> bool:
@@ -58,7 +58,7 @@ class TrainResult:
     run_dir: Path
     step: int
     total_steps: int
-    stopped_by: str | None  # None (completed), "early_stopping", or a signal name
+    stopped_by: str | None  # None (completed), "early_stopping", "on_validation" (the callback), or a signal name
     best_step: int | None
     best_value: float | None
     val_metrics: dict[str, Any]
@@ -111,8 +111,11 @@ class _Run:
     """The parts of one training run the loop body and its hooks share: train state, data
     stream, metric accumulator, checkpointer, early stopping, metrics log, progress bar."""
 
-    def __init__(self, cfg: ExperimentConfig, c: Components, run_dir: Path, console: Console):
+    def __init__(self, cfg: ExperimentConfig, c: Components, run_dir: Path, console: Console,
+                 on_validation: Callable[[int, dict], bool] | None = None):
         self.cfg, self.c, self.run_dir, self.console = cfg, c, run_dir, console
+        self.on_validation = on_validation
+        self.stop_asked = False  # by on_validation (a pruner's verdict)
         self.train_arrays = c.task.device_arrays(c.dataset.split("train"))
         self.val_arrays = c.dataset.split("val")
         self.stream = TrainStream(self.train_arrays, cfg.train.batch_size, seed=cfg.train.seed, version=c.dataset.version)
@@ -205,6 +208,8 @@ class _Run:
         self.bar.line(f"step {step}/{c.total_steps}  train loss {loss}"
                       + "  ".join(f"{k} {v:.4f}" for k, v in self.last_val.items()))
         self.saver.after_eval(step, self.last_val, improved, step == c.total_steps)
+        if self.on_validation is not None and self.on_validation(step, dict(self.last_val)):
+            self.stop_asked = True
 
     def save(self, step: int, val_metrics: dict | None) -> None:
         """Start an async checkpoint of everything that decides the next step (never non-finite)."""
@@ -297,11 +302,14 @@ def train(
     resume: bool | None = None,
     console: Console | None = None,
     init_params: Callable[[Any], Any] | None = None,
+    on_validation: Callable[[int, dict], bool] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` in its run directory. ``resume``: None = resume if checkpoints exist.
 
     ``init_params(state) -> state`` (fine-tuning) sets the starting parameters of a new run
-    (not of a resumed one) before the optimiser state is created.
+    (not of a resumed one) before the optimiser state is created. ``on_validation(step,
+    val_metrics) -> stop`` sees every validation (a tuner reports it to its trial); True stops
+    the run there, checkpointed, with ``stopped_by="on_validation"`` (a pruned trial).
     """
     # ====================================================================== setup
     t_start = time.perf_counter()
@@ -309,7 +317,7 @@ def train(
     run_dir = cfg.resolved_run_dir()
     resuming = will_resume(cfg, run_dir, resume)
     c = build_components(cfg, init_params=None if resuming else init_params)
-    run = _Run(cfg, c, run_dir, console or Console(stderr=True))
+    run = _Run(cfg, c, run_dir, console or Console(stderr=True), on_validation)
     run.restore_latest() if resuming else run.start_fresh()
     run.compile()
     hooks = Hooks()
@@ -320,7 +328,7 @@ def train(
     try:
         with GracefulStop() as stop, run.progress():
             # A run restored from an early stop has nothing left to do: the check comes first.
-            while run.step < c.total_steps and not run.stopper.should_stop and not stop.requested:
+            while run.step < c.total_steps and not run.stopper.should_stop and not stop.requested and not run.stop_asked:
                 run.train_step(t_start)
                 try:
                     hooks.run(run.step, last=run.step == c.total_steps)
@@ -331,6 +339,8 @@ def train(
                 run.bar.line(f"Early stopping at step {run.step}: {run.stopper.describe()}.")
             elif stop.requested:
                 run.stopped_by = stop.name
+            elif run.stop_asked and run.step < c.total_steps:
+                run.stopped_by = "on_validation"
             if run.stopped_by:
                 run.saver.on_stop(run.step)  # a no-op when this step is saved already
             run.ckpt.wait()  # async saves finish before the process may exit
