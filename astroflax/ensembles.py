@@ -153,3 +153,44 @@ def train_ensemble(
     spec["members_trained"] = results
     (run_dir / ENSEMBLE_FILE).write_text(json.dumps(spec, indent=1, default=float))
     return spec
+
+
+def ensemble_from_study(task: str, study_target: str, members: int, run_dir: Path,
+                        storage: str | None = None) -> dict[str, Any]:
+    """An ensemble of the ``members`` best complete trials of a study (by the study's metric on
+    the validation split). Each trial's run directory is copied in as ``member-<i>`` (not
+    linked: the ensemble stays valid when the study directory is moved or deleted)."""
+    import shutil
+
+    from astroflax.tune.study import StudySpec, find_study_dir, load_study, storage_url
+
+    study_dir = find_study_dir(study_target)
+    if study_dir is None:
+        raise ConfigError(f"--from-study {study_target}: no such study directory (nor runs/studies/{study_target})")
+    spec = StudySpec.load(study_dir)
+    if spec.task != task:
+        raise ConfigError(f"--from-study {study_dir}: the study is for task {spec.task!r}, not {task!r}")
+    if members < 1:
+        raise ConfigError(f"--members {members}: must be >= 1")
+    study = load_study(spec, storage_url(study_dir, storage or spec.storage))
+    sign = 1.0 if spec.direction == "minimize" else -1.0
+    done = sorted((t for t in study.get_trials(deepcopy=False)
+                   if t.state.name == "COMPLETE" and t.value is not None and t.user_attrs.get("run_dir")),
+                  key=lambda t: (sign * t.value, t.number))
+    if len(done) < members:
+        raise ConfigError(f"--members {members}: study {study_dir} has only {len(done)} complete trial(s)")
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").exists() or is_ensemble_dir(run_dir):
+        raise ConfigError(f"--run-dir {run_dir} already holds a run or an ensemble; choose another directory")
+    names = [f"member-{i}" for i in range(members)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, t in zip(names, done[:members]):
+        shutil.copytree(study_dir / t.user_attrs["run_dir"], run_dir / name, ignore=shutil.ignore_patterns("report"))
+    spec_out = {
+        "task": task, "preset": spec.preset, "members": names,
+        "from_study": {"study_dir": str(study_dir.absolute()), "metric": spec.metric,
+                       "trials": [t.number for t in done[:members]], "values": [t.value for t in done[:members]]},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (run_dir / ENSEMBLE_FILE).write_text(json.dumps(spec_out, indent=1))
+    return spec_out

@@ -214,10 +214,11 @@ def test_check_on_a_run_directory_prints_the_deployment_checklist(evaluated_run,
                                                                    {i["name"] for i in items}]
     by_id = {it["id"]: it for it in items}
     assert list(by_id) == ["converged", "no_nonfinite", "better_than_chance", "calibrated", "evaluated",
-                           "reload", "latency", "memory"]
+                           "reload", "latency", "memory", "tuned"]
     for it in items:
         assert it["status"] in ("pass", "fail", "n/a") and it["detail"], it
     assert by_id["no_nonfinite"]["status"] == "pass"
+    assert by_id["tuned"]["status"] == "fail" and "astroflax tune" in by_id["tuned"]["detail"]  # a preset run
     assert by_id["evaluated"]["status"] == "pass"  # train evaluates the best checkpoint on test
     assert by_id["reload"]["status"] == "pass" and by_id["reload"]["value"] is True
     assert by_id["better_than_chance"]["status"] in ("pass", "fail") and 0 <= by_id["better_than_chance"]["value"] <= 1

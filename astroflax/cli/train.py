@@ -124,10 +124,22 @@ def ensemble(
     overrides: Overrides = [],
     run_dir: run_dir_option("ensemble directory (default runs/<task>-<preset>-ensemble)") = None,
     evaluate_after: evaluate_option("evaluate the ensemble on the test split") = True,
+    from_study: Annotated[Optional[str], typer.Option(
+        "--from-study", help="take the N best trials of this study (directory or name) instead of training")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="the study's storage URL (with --from-study)")] = None,
 ) -> None:
-    """Train a deep ensemble: N runs of TASK with different seeds in RUN_DIR/member-<i>; re-running resumes."""
+    """Train a deep ensemble: N runs of TASK with different seeds in RUN_DIR/member-<i>; re-running resumes.
+    With --from-study, the N best trials of a study become the members."""
     require_file(config, "--config")
     run_dir = run_dir or Path("runs") / f"{task}-{preset or 'quick'}-ensemble"
+    if from_study is not None:
+        from astroflax.ensembles import ensemble_from_study
+
+        spec = ensemble_from_study(task, from_study, members, run_dir, storage)
+        err.print(f"Ensemble of trials {', '.join(map(str, spec['from_study']['trials']))} of study "
+                  f"{spec['from_study']['study_dir']} in {run_dir}")
+        _finish(run_dir, evaluate_after)
+        return
     with GracefulStop(startup=True) as guard:
         try:
             from astroflax.ensembles import train_ensemble

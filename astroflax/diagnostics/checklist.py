@@ -165,6 +165,23 @@ def evaluated_on_test(run_dir: Path, step: int) -> dict[str, Any]:
     )
 
 
+def hyperparameters_tuned(study: str | None) -> dict[str, Any]:
+    """Whether the run's config came out of a study (``astroflax tune`` sets ``study`` to
+    ``<study directory>#<trial>`` in every trial's config and in the best config it writes)."""
+    name = "hyperparameters tuned"
+    if not study:
+        return _item("tuned", name, "fail", None, "the config did not come from a study; search it with "
+                     "`astroflax tune TASK --space SPACE.yaml` and train the best_config.yaml it writes")
+    directory, _, trial = study.partition("#")
+    report = Path(directory) / "report" / "index.html"
+    item = _item("tuned", name, "pass", {"study": directory, "trial": int(trial) if trial.isdigit() else trial},
+                 f"config from trial {trial} of the study in {directory}"
+                 + ("" if report.is_file() else " (its report is not on this machine)"))
+    if report.is_file():
+        item["link"] = str(report.resolve())
+    return item
+
+
 def _first_rows(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     """``n`` rows, repeating the data if it has fewer (latency needs a full batch)."""
     size = len(next(iter(arrays.values())))
@@ -313,6 +330,7 @@ def run_checklist(run_dir: str | Path, checkpoint: str | int = "best", run: Any 
     items.append(evaluated_on_test(run_dir, run.step))
     items.append(reloads_identically(run, checkpoint, arrays, run_dir))
     items.extend(latency_and_memory(run, arrays))
+    items.append(hyperparameters_tuned(run.cfg.study))
     if data_error:
         for item in items:
             if item["status"] == "n/a" and "no data" in item["detail"]:

@@ -294,8 +294,11 @@ def _checklist_section(run_dir: Path) -> str:
     for it in saved["items"]:
         status = str(it.get("status", "n/a"))
         cls = {"pass": "pass", "fail": "fail"}.get(status, "na")
+        detail = esc(it.get("detail", ""))
+        if it.get("link"):  # e.g. the study a tuned config came from
+            detail += f' (<a href="{esc(Path(str(it["link"])).resolve().as_uri())}">report</a>)'
         rows.append(f'<tr><td>{esc(it.get("name"))}</td><td class="{cls}">{esc(status)}</td>'
-                    f'<td>{esc(fmt(it.get("value")))}</td><td>{esc(it.get("detail", ""))}</td></tr>')
+                    f'<td>{esc(fmt(it.get("value")))}</td><td>{detail}</td></tr>')
     return (f"<p>checkpoint {esc(saved.get('step'))}</p>"
             "<table><thead><tr><th>check</th><th>status</th><th>value</th><th>detail</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")

@@ -155,6 +155,7 @@ class StudyRunner:
         run_dir = cfg.resolved_run_dir()
         trial.set_user_attr("run_dir", str(run_dir.relative_to(self.study_dir)))
         trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("pid", os.getpid())
         resume = self._continue_retried(trial, run_dir)
         metric = self.spec.metric
 

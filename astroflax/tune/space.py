@@ -254,6 +254,15 @@ def _leaf_keys(d: dict) -> set[str]:
 
 
 def _pydantic_message(exc: ValidationError) -> str:
-    text = format_validation_error(exc)
-    # "config key 'x' = ...: Value error, low 1 > high 0" -> the message only, for a Param
-    return text.replace("Value error, ", "")
+    """A ``Param`` validation error as ``field = value: why`` (or only ``why`` for the whole entry)."""
+    parts = []
+    for e in exc.errors():
+        why = e["msg"].removeprefix("Value error, ")
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown field {loc!r} (expected type, low, high, log, step, choices, when)")
+        elif loc:
+            parts.append(f"{loc} = {e.get('input')!r}: {why}")
+        else:
+            parts.append(why)
+    return "; ".join(parts)
