@@ -147,12 +147,8 @@ def run(
             storage=public_url(storage) if storage else None, heartbeat=heartbeat, baseline=baseline, created=now(),
         )
         url = storage_url(study_dir, storage)
+        load_study(spec, url, create=True)  # the records first: study.json appears only for a study that exists
         spec.save(study_dir)
-        try:
-            load_study(spec, url, create=True)
-        except Exception:
-            (study_dir / SPEC_FILE).unlink(missing_ok=True)  # nothing was created: the same command can run again
-            raise
 
     runner = StudyRunner(study_dir, url, worker=0, console=err)
     if resume:

@@ -87,8 +87,8 @@ def find_server_bin_dir() -> Path:
             return Path(d)
     found = {b: shutil.which(b) for b in SERVER_BINARIES}
     raise PostgresUnavailable(
-        "the PostgreSQL tests need a real server, but no directory on PATH or under /usr/lib/postgresql/*/bin "
-        f"holds all of {', '.join(SERVER_BINARIES)} (on PATH: "
+        "the PostgreSQL tests need a real server, but neither PATH nor /usr/lib/postgresql/*/bin has "
+        f"{', '.join(SERVER_BINARIES)} together (on PATH: "
         + ", ".join(f"{b}={p or 'missing'}" for b, p in found.items()) + f"); {INSTALL_HINT}")
 
 

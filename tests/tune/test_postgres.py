@@ -27,12 +27,9 @@ def pg():
 
 
 def _table_rows(stdout: str) -> list[list[str]]:
-    """The body rows of a rich table as lists of stripped cells."""
-    rows = []
-    for line in stdout.splitlines():
-        if line.startswith("│"):
-            rows.append([c.strip() for c in line.strip("│").split("│")])
-    return rows[1:]  # the first one is the header
+    """The body rows of a rich table as lists of stripped cells (the header's borders are ┃)."""
+    return [[c.strip() for c in line.strip().strip("│").split("│")] for line in stdout.splitlines()
+            if line.strip().startswith("│")]
 
 
 def test_two_workers_share_a_postgresql_study(tmp_path, pg):
@@ -44,7 +41,9 @@ def test_two_workers_share_a_postgresql_study(tmp_path, pg):
     space = write_space(tmp_path / "space.yaml", SPACE)
     url = pg.url(password=PASSWORD)
     proc = run_cli(*tune_argv(study_dir, space, "--study", "pg-photoz", "--storage", url, "--workers", "2",
-                              "--trials", "4", "--pruner", "none", "--sampler", "random"), timeout=300)
+                              "--trials", "4", "--pruner", "none", "--sampler", "random", "--no-evaluate",
+                              # a worker with nothing to start polls every heartbeat/2 s (default 10)
+                              "--heartbeat", "5"), timeout=300)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted((study_dir / "workers").glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}\n--- server log\n{pg.log_tail()}"
 

@@ -202,13 +202,13 @@ def test_the_checklist_says_whether_a_config_was_tuned(grid_study):
 def test_tpe_with_the_median_pruner_prunes_and_reports_the_best_trials_own_metric(tmp_path, capsys):
     space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True}})
     study_dir = tmp_path / "study"
-    code, _, err = run_main(tune_argv(study_dir, space, "--trials", "7", "--no-evaluate",
+    code, _, err = run_main(tune_argv(study_dir, space, "--trials", "6", "--no-evaluate",
                                       overrides=["train.steps=80"]), capsys)
     assert code == 0, err
     study = open_study(study_dir)
     states = [t.state for t in study.get_trials()]
     assert states.count(optuna.trial.TrialState.PRUNED) >= 1, states
-    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 7
+    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 6
     assert study.get_trials()[0].user_attrs.get("baseline") is True  # trial 0 is the config as given
     assert study.get_trials()[0].params["optim.lr"] == build_config("photoz", "quick", None, TINY_PHOTOZ).optim.lr
     best = study.best_trial
@@ -232,13 +232,13 @@ def test_two_workers_on_the_embedded_storage_run_each_trial_once(tmp_path, capsy
     space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
                                                   "model.hidden": [[8], [16]]})
     study_dir = tmp_path / "study"
-    code, _, err = run_main(tune_argv(study_dir, space, "--trials", "5", "--workers", "2", "--pruner", "none",
+    code, _, err = run_main(tune_argv(study_dir, space, "--trials", "4", "--workers", "2", "--pruner", "none",
                                       "--sampler", "random", "--no-evaluate"), capsys)
     assert code == 0, err
     trials = open_study(study_dir).get_trials()
-    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), trials
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), trials
     run_dirs = [t.user_attrs["run_dir"] for t in trials]
-    assert len(set(run_dirs)) == 5
+    assert len(set(run_dirs)) == 4
     assert sorted(p.name for p in (study_dir / "trials").iterdir()) == sorted(Path(r).name for r in run_dirs)
     for t in trials:  # each trial trained once: one start line, one run of evaluations
         log = (study_dir / t.user_attrs["run_dir"] / "train.log").read_text()
@@ -246,15 +246,15 @@ def test_two_workers_on_the_embedded_storage_run_each_trial_once(tmp_path, capsy
         assert [r for r in run_metric(study_dir, t)] and len(run_metric(study_dir, t)) == 3
     logs = [(study_dir / "workers" / f"worker-{i}.log").read_text() for i in range(2)]
     ran = [int(log.rsplit("ran ", 1)[1].split()[0]) for log in logs]
-    assert sum(ran) == 5, logs
-    assert sum(line.startswith("trial ") for line in err.splitlines()) == 5, err  # tune prints each trial once
+    assert sum(ran) == 4, logs
+    assert sum(line.startswith("trial ") for line in err.splitlines()) == 4, err  # tune prints each trial once
 
 
 @pytest.mark.slow  # a worker is killed mid-trial; the heartbeat fails it after 3 s and the other worker retries it
 def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat_and_its_trial_retried(tmp_path):
     space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}})
     study_dir = tmp_path / "study"
-    argv = tune_argv(study_dir, space, "--trials", "3", "--workers", "2", "--pruner", "none", "--sampler", "random",
+    argv = tune_argv(study_dir, space, "--trials", "2", "--workers", "2", "--pruner", "none", "--sampler", "random",
                      "--heartbeat", "1", "--no-evaluate", "--no-baseline",
                      overrides=["train.steps=2000", "train.eval_every=100", "train.log_every=100"])
     proc = subprocess.Popen([sys.executable, "-m", "astroflax", *argv], stdout=subprocess.PIPE,
@@ -287,7 +287,7 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat_and_its_trial_retr
     assert retry.params == victim.params and retry.user_attrs["continued_from"] == victim.number
     assert "Resuming" in (study_dir / retry.user_attrs["run_dir"] / "train.log").read_text()
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3 and not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(complete) == 2 and not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     assert "ended by SIGKILL" in err
 
 
@@ -295,7 +295,7 @@ def test_a_stopped_study_resumes_and_continues_the_interrupted_trial(tmp_path):
     space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}})
     study_dir = tmp_path / "study"
     argv = tune_argv(study_dir, space, "--trials", "2", "--pruner", "none", "--no-evaluate", "--no-baseline",
-                     overrides=["train.steps=3000", "train.eval_every=100", "train.log_every=100"])
+                     overrides=["train.steps=1500", "train.eval_every=100", "train.log_every=100"])
     proc = subprocess.Popen([sys.executable, "-m", "astroflax", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
@@ -322,7 +322,7 @@ def test_a_stopped_study_resumes_and_continues_the_interrupted_trial(tmp_path):
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
     assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == stopped.params
     log = (study_dir / retry.user_attrs["run_dir"] / "train.log").read_text()
-    assert f"from checkpoint step {saved} of 3000" in log
+    assert f"from checkpoint step {saved} of 1500" in log
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
 
 
