@@ -21,8 +21,14 @@ have_postgres_server() {
   return 1
 }
 
+needed_by() {
+  case "$1" in
+    chromium) echo "tests/test_report_browser.py" ;;
+    postgresql) echo "tests/tune/test_postgres.py" ;;
+  esac
+}
+
 packages=()
-declare -A needed_by=([chromium]="tests/test_report_browser.py" [postgresql]="tests/tune/test_postgres.py")
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   packages+=(chromium)
 fi
@@ -36,7 +42,7 @@ if [ "${#packages[@]}" -gt 0 ]; then
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}"
   else
     for pkg in "${packages[@]}"; do
-      echo "scripts/test.sh: $pkg is needed for ${needed_by[$pkg]}; install it with your package manager" >&2
+      echo "scripts/test.sh: $pkg is needed for $(needed_by "$pkg"); install it with your package manager" >&2
     done
   fi
 fi

@@ -17,7 +17,7 @@ class _DefaultToRun(TyperGroup):
     """``astroflax tune TASK ...`` means ``astroflax tune run TASK ...``; ``show`` and
     ``worker`` are the other subcommands."""
 
-    def parse_args(self, ctx, args):  # noqa: ANN001 - click's signature
+    def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
@@ -50,7 +50,9 @@ def _trial_line(frozen: Any, spec: Any, space: Any) -> str:
         step = max(frozen.intermediate_values) if frozen.intermediate_values else "?"
         what = f"pruned at step {step}"
     else:
-        what = f"failed: {attrs.get('error') or attrs.get('interrupted') or 'see its train.log'}"
+        why = attrs.get("error") or (f"stopped by {attrs['interrupted']}" if attrs.get("interrupted") else
+                                     "no heartbeat (its worker died); re-queued for another worker")
+        what = f"failed: {why}"
     extra = f"  ({attrs.get('steps', '?')} steps, {attrs.get('wall_time_s', '?')} s)" if "steps" in attrs else ""
     return f"trial {frozen.number} {what}  {shown}{extra}"
 
@@ -161,7 +163,7 @@ def run(
               f"{spec.pruner}, metric {spec.metric} ({spec.direction}); {workers} worker(s); directory {study_dir}; "
               f"storage {public_url(url)}")
 
-    line = lambda frozen: err.print(_trial_line(frozen, spec, runner.space), markup=False, highlight=False)  # noqa: E731
+    line = lambda frozen: err.print(_trial_line(frozen, spec, runner.space), markup=False, highlight=False)
     from astroflax.train.signals import GracefulStop
 
     with GracefulStop() as stop:
@@ -174,6 +176,10 @@ def run(
                 err.print(f"[yellow]Study stopped by {exc.signal_name}[/]; the trial's checkpoint is saved. "
                           f"Continue with:\n  astroflax tune {task} --study-dir {study_dir} --resume")
                 raise typer.Exit(130 if exc.signal_name == "SIGINT" else 143) from None
+            if stop.requested:  # between two trials
+                err.print(f"[yellow]Study stopped by {stop.name}[/] between trials. "
+                          f"Continue with:\n  astroflax tune {task} --study-dir {study_dir} --resume")
+                raise typer.Exit(130 if stop.name == "SIGINT" else 143)
         else:
             procs = start_workers(study_dir, url, workers)
             codes = watch_workers(procs, runner.study, line, lambda: stop.name if stop.requested else None, err)

@@ -101,7 +101,7 @@ def _figures(study: Any, out_dir: Path) -> dict[str, Path | str]:
             fig.savefig(out_dir / name, dpi=90)
             plt.close(fig)
             out[title] = out_dir / name
-        except Exception as exc:  # noqa: BLE001 - e.g. importances need 2 complete trials
+        except Exception as exc:
             plt.close("all")
             out[title] = f"not drawn: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return out

@@ -211,7 +211,7 @@ class StudyRunner:
 
         try:
             write_report(run_dir)
-        except Exception as exc:  # noqa: BLE001 - a report problem never fails the trial
+        except Exception as exc:
             (run_dir / "train.log").open("a").write(f"report not written: {type(exc).__name__}: {exc}\n")
 
     # --------------------------------------------------------------- the loop
@@ -220,7 +220,7 @@ class StudyRunner:
         """Run trials until the study's budget is met (or ``should_stop()``); returns how many ran."""
         import optuna
 
-        poll = poll_s if poll_s is not None else max(0.5, self.spec.heartbeat / 2)
+        poll = poll_s if poll_s is not None else min(1.0, self.spec.heartbeat / 2)  # counting trials is cheap
         ran = 0
         callbacks = [lambda study, frozen: on_trial(frozen)] if on_trial else []
         while not should_stop():
@@ -336,7 +336,7 @@ def watch_workers(procs: list[subprocess.Popen], study: Any, on_trial: Callable[
                     p.send_signal(signal.SIGTERM)
         try:
             report_finished()
-        except Exception:  # noqa: BLE001 - a storage hiccup while polling; the next poll retries
+        except Exception:
             pass
         time.sleep(poll_s)
     report_finished()

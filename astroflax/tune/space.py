@@ -28,7 +28,6 @@ from astroflax.config import (
     ExperimentConfig,
     deep_merge,
     finalize_config,
-    format_validation_error,
     load_yaml_file,
 )
 from astroflax.errors import ConfigError

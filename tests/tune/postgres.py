@@ -151,7 +151,7 @@ def postgres_server(dbname: str = DBNAME, start_attempts: int = 3) -> Iterator[P
            "HOME": str(root)}
 
     def run(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(_as_user(user, argv), cwd=root, env=env, capture_output=True, text=True,
+        return subprocess.run(_as_user(user, argv), check=False, cwd=root, env=env, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
     started = False

@@ -57,9 +57,13 @@ def test_two_workers_share_a_postgresql_study(tmp_path, pg):
         assert 1e-3 <= t.params["optim.lr"] <= 3e-2
         run_dir = study_dir / t.user_attrs["run_dir"]
         assert run_dir.is_dir() and (run_dir / "metrics.jsonl").is_file(), (t.number, t.user_attrs)
-    # Two workers started together, each trial ~1 s after a JAX start-up of several seconds
-    # on both: the first to ask takes trial 0, the other trial 1 while 0 trains.
-    assert {t.user_attrs["worker"] for t in trials} == {0, 1}, [(t.number, t.user_attrs["worker"]) for t in trials]
+    # Both workers ran trials: they start together and each pays a JAX start-up of several seconds
+    # before its first ask, while a trial takes 1-3 s; the first to ask takes trial 0 and releases
+    # the ask lock as it starts training, so the other takes trial 1 (one worker running all 4
+    # would need a start-up 3 trials later than the other's; not seen in repeated runs, loaded or not).
+    by_worker = [(t.number, t.user_attrs["worker"], t.user_attrs["pid"]) for t in trials]
+    assert {w for _, w, _ in by_worker} == {0, 1}, by_worker
+    assert len({pid for _, _, pid in by_worker}) == 2, by_worker  # two worker processes, not the main one
     with psycopg.connect(pg.url()) as con:  # the same rows, read without Optuna
         (count,) = con.execute("SELECT count(*) FROM trials t JOIN studies s USING (study_id) "
                                "WHERE s.study_name = 'pg-photoz' AND t.state = 'COMPLETE'").fetchone()
@@ -85,14 +89,16 @@ def test_two_workers_share_a_postgresql_study(tmp_path, pg):
     assert "--storage" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_unreachable_postgresql_storage_is_one_line_error(tmp_path):
+@pytest.mark.parametrize("auth", ["nobody", f"nobody:{PASSWORD}"], ids=["no-password", "password"])
+def test_unreachable_postgresql_storage_is_one_line_error(tmp_path, auth):
     study_dir = tmp_path / "study"
     space = write_space(tmp_path / "space.yaml", SPACE)
-    proc = run_cli(*tune_argv(study_dir, space, "--storage", "postgresql://nobody@127.0.0.1:1/nonexistent",
-                              "--trials", "1"), timeout=120)
+    proc = run_cli(*tune_argv(study_dir, space, "--storage", f"postgresql://{auth}@127.0.0.1:1/nonexistent",
+                              "--trials", "1"), timeout=120)  # port 1: nothing listens, refused at once
     assert proc.returncode == 2, f"{proc.stdout}\n{proc.stderr}"
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --storage "), proc.stderr
     assert "127.0.0.1:1/nonexistent" in lines[0] and "Traceback" not in proc.stderr
+    assert PASSWORD not in proc.stdout + proc.stderr
     assert not (study_dir / "study.json").exists()  # nothing was created: the same command can run again
     assert not list(study_dir.glob("study.db*"))
