@@ -211,8 +211,12 @@ class StudyRunner:
 
         try:
             write_report(run_dir)
-        except Exception as exc:
-            (run_dir / "train.log").open("a").write(f"report not written: {type(exc).__name__}: {exc}\n")
+        except Exception as exc:  # noqa: BLE001 - a report problem never fails the trial
+            try:
+                with open(run_dir / "train.log", "a") as log:
+                    log.write(f"report not written: {type(exc).__name__}: {exc}\n")
+            except OSError:
+                pass
 
     # --------------------------------------------------------------- the loop
     def work(self, on_trial: Callable[[Any], None] | None = None, poll_s: float | None = None,
