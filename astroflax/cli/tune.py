@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from astroflax.cli.common import ConfigFile, Overrides, Preset, TaskName, err, evaluate_option, out, require_file
+from astroflax.cli.common import ConfigFile, Overrides, Preset, TaskName, err, evaluate_option, require_file
 from astroflax.errors import ConfigError
 
 
@@ -39,10 +39,14 @@ def _direction(metric: str, cfg: Any, given: Optional[str]) -> str:
     return "maximize" if any(h in metric for h in MAXIMIZE_HINTS) else "minimize"
 
 
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _trial_line(frozen: Any, spec: Any, space: Any) -> str:
     state = frozen.state.name.lower()
     params = space.decode_params(frozen.params)
-    shown = "  ".join(f"{k}={v}" for k, v in params.items())
+    shown = "  ".join(f"{k}={_short(v)}" for k, v in params.items())
     attrs = frozen.user_attrs
     if state == "complete":
         what = f"{spec.metric} {frozen.value:.5g}"
@@ -238,6 +242,7 @@ def _evaluate_trial(study_dir: Path, trial: Any, label: str, spec: Any) -> None:
 def _print_best(runner: Any, top: int) -> None:
     from rich.table import Table
 
+    from astroflax.cli.common import wide_out
     from astroflax.tune.report import trial_rows
 
     rows = [r for r in trial_rows(runner.study, runner.spec, runner.space) if r["state"] == "complete"][:top]
@@ -247,8 +252,8 @@ def _print_best(runner: Any, top: int) -> None:
         table.add_column(h)
     for r in rows:
         table.add_row(str(r["number"]) + (" (baseline)" if r["baseline"] else ""), f"{r['value']:.5g}",
-                      *[str(r["params"].get(k, "—")) for k in keys], str(r["steps"]), str(r["wall_time_s"]))
-    out.print(table)
+                      *[_short(r["params"].get(k, "—")) for k in keys], str(r["steps"]), str(r["wall_time_s"]))
+    wide_out().print(table)
 
 
 # ---------------------------------------------------------------------------- show

@@ -225,6 +225,22 @@ def test_tpe_with_the_median_pruner_prunes_and_reports_the_best_trials_own_metri
     assert list(best.intermediate_values.values()) == run_metric(study_dir, best)
 
 
+def test_cmaes_with_hyperband_runs_its_trials(tmp_path, capsys):
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+                                                  "optim.weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2,
+                                                                         "log": True}})
+    study_dir = tmp_path / "study"
+    code, _, err = run_main(tune_argv(study_dir, space, "--trials", "3", "--sampler", "cmaes", "--pruner", "hyperband",
+                                      "--no-evaluate", "--seed", "3"), capsys)
+    assert code == 0, err
+    trials = open_study(study_dir).get_trials()
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 3 and len(trials) == 3
+    assert len({t.params["optim.lr"] for t in trials}) == 3  # three different points
+    for t in trials:
+        assert 1e-3 <= t.params["optim.lr"] <= 3e-2 and 1e-6 <= t.params["optim.weight_decay"] <= 1e-2
+
+
 # ------------------------------------------------------------------------ workers
 
 
