@@ -224,6 +224,8 @@ class ExperimentConfig(_Strict):
     name: str | None = Field(None, description="run name; default <task>-<preset>")
     run_dir: str | None = Field(None, description="run directory; default runs/<name>")
     preset: str | None = None
+    dataset: str | None = Field(None, description="a converted dataset directory (astroflax data convert) to "
+                                "stream the data from, instead of the task's own loading")
     study: str | None = Field(None, description="the hyperparameter study this config came from "
                               "(<study directory>#<trial>; set by astroflax tune, shown by the checklist)")
     # The task's own pydantic sections (see finalize_config): typed instances once resolved.
@@ -376,6 +378,15 @@ def build_config(
         raw = deep_merge(raw, parse_override(text))
     if extra:
         raw = deep_merge(raw, extra)
+    if raw.get("dataset") and base is None:
+        # A converted dataset fixes the data section: the one it was converted with.
+        from astroflax.data.store import read_manifest
+
+        manifest = read_manifest(raw["dataset"])
+        if manifest.get("task") != task.name:
+            raise ConfigError(f"dataset {raw['dataset']} was converted for task {manifest.get('task')!r}, "
+                              f"not {task.name!r}")
+        raw["data"] = dict((manifest.get("source") or {}).get("data") or {})
     return finalize_config(raw)
 
 

@@ -85,9 +85,17 @@ def train(
         "--resume/--no-resume", help="continue from the latest checkpoint (default: automatic if one exists)"
     )] = None,
     evaluate_after: evaluate_option("evaluate the best checkpoint on the test split") = True,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="a converted dataset directory (astroflax data convert, streamed from disk) or the "
+        "task's user data (data.path)")] = None,
 ) -> None:
     """Train TASK; checkpoints, metrics and the evaluation land in the run directory."""
     cfg = None
+    if data is not None:
+        from astroflax.cli.data import data_path_override
+        from astroflax.data.store import is_store
+
+        overrides = [*overrides, f"dataset={Path(data).absolute()}" if is_store(data) else data_path_override(task, data)]
     # Signals are recorded from here on (a Ctrl-C during start-up stops the run after its first step).
     with GracefulStop(startup=True) as guard:
         try:

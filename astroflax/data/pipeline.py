@@ -34,17 +34,22 @@ class TrainStream:
     version, so restoring it onto different data fails loudly instead of silently diverging.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int, version: str,
+    def __init__(self, data: dict[str, np.ndarray] | Any, batch_size: int, seed: int, version: str,
                  prefetch: int = 4, threads: int = 1):
+        """``data``: a dict of arrays (in memory) or a random-access source of examples (a
+        converted dataset on disk: :class:`~astroflax.data.store.RecordSource`). The order of
+        examples depends only on the seed and the number of examples, so both give the same
+        batches."""
         self.version = version
-        self.num_examples = len(ArraySource(arrays))
+        source = ArraySource(data) if isinstance(data, dict) else data
+        self.num_examples = len(source)
         if self.num_examples < batch_size:
             raise ConfigError(
                 f"config key 'train.batch_size' = {batch_size}: larger than the training split "
                 f"({self.num_examples} examples); use at most {self.num_examples}"
             )
         dataset = (
-            grain.MapDataset.source(ArraySource(arrays))
+            grain.MapDataset.source(source)
             .shuffle(seed=seed)
             .repeat(None)
             .batch(batch_size, drop_remainder=True)
@@ -83,3 +88,11 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dic
         batch = {k: v[idx] for k, v in arrays.items()}
         batch["_weight"] = weight
         yield batch
+
+
+def first_rows(data: dict[str, np.ndarray] | Any, n: int) -> dict[str, np.ndarray]:
+    """The first ``n`` examples of arrays or of a source, as a batch (an example for tracing)."""
+    if isinstance(data, dict):
+        return {k: v[:n] for k, v in data.items()}
+    rows = [data[i] for i in range(min(n, len(data)))]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

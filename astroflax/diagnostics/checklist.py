@@ -314,7 +314,8 @@ def run_checklist(run_dir: str | Path, checkpoint: str | int = "best", run: Any 
     val = _val_metrics(records, run.step)
     data, data_error = None, ""
     try:
-        dataset = dataset if dataset is not None else run.task.load_data(run.cfg)
+        from astroflax.data.store import load_dataset
+        dataset = dataset if dataset is not None else load_dataset(run.cfg)
         data = dataset.splits
     except (AstroflaxError, OSError) as exc:
         data_error = str(exc)

@@ -238,7 +238,8 @@ def calibrate_run(run: Any, dataset: Any = None, val_probs: np.ndarray | None = 
     if not run.task.is_classifier:
         return None
     if dataset is None:
-        dataset = run.task.load_data(run.cfg)
+        from astroflax.data.store import load_dataset
+        dataset = load_dataset(run.cfg)
     val = dataset.split("val")
     if "label" not in val or len(val["label"]) == 0:
         return None

@@ -49,7 +49,8 @@ def evaluate_run(
     from astroflax.evaluate import uncertainty as unc
 
     task, info = run.task, run.info
-    dataset = dataset if dataset is not None else task.load_data(run.cfg)
+    from astroflax.data.store import load_dataset
+    dataset = dataset if dataset is not None else load_dataset(run.cfg)
     arrays = dataset.split(split)
     methods: dict[str, dict] = {}
     ensemble = isinstance(run, EnsembleRun)

@@ -143,7 +143,8 @@ def select_weights(state: Any, weights: str, c: Any) -> Any:
     model_state = state.model_state
     if weights == "swa" and has_batch_stats(model_state):
         cfg, task = c.cfg, c.task
-        train = task.device_arrays(task.load_data(cfg).split("train"))
+        from astroflax.data.store import load_dataset
+        train = task.device_arrays(load_dataset(cfg).split("train"))
         n = len(next(iter(train.values())))
         bs = cfg.train.batch_size
         count = min(cfg.optim.swa.bn_batches, max(n // bs, 1))

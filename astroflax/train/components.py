@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 
 from astroflax.config import ExperimentConfig
+from astroflax.data.store import load_dataset
 from astroflax.tasks import Task, get_task
 from astroflax.tasks.base import Dataset, LossFn, PredictFn
 from astroflax.train.optim import build_optimizer
@@ -44,7 +45,9 @@ def total_steps_for(cfg: ExperimentConfig, num_train: int) -> int:
 
 def num_examples(dataset: Dataset | None, info: dict, split: str = "train") -> int | None:
     if dataset is not None:
-        return len(next(iter(dataset.split(split).values())))
+        from astroflax.data.store import split_rows
+
+        return split_rows(dataset.split(split))
     size = (info.get("split_sizes") or {}).get(split)
     return int(size) if size is not None else None
 
@@ -67,7 +70,7 @@ def build_components(
     mesh = mesh if mesh is not None else make_mesh()
     if info is None:  # training: the global batch is split over the devices
         check_divisible(cfg.train.batch_size, mesh, "train.batch_size")
-        dataset = dataset if dataset is not None else task.load_data(cfg)
+        dataset = dataset if dataset is not None else load_dataset(cfg)
         info = dataset.info
     num_train = num_examples(dataset, info) or cfg.train.batch_size
     total_steps = total_steps_for(cfg, num_train)

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from rich.console import Console
 
 from astroflax.config import ExperimentConfig, finalize_config, load_yaml_file
-from astroflax.data.pipeline import TrainStream
+from astroflax.data.pipeline import TrainStream, first_rows
+from astroflax.data.store import StoredSplit, split_rows
 from astroflax.errors import CheckpointError, ConfigError, TrainingDiverged
 from astroflax.runtime import enable_compile_cache
 from astroflax.train.checkpoint import Checkpointer, abstract_like, json_safe
@@ -116,7 +117,12 @@ class _Run:
         self.cfg, self.c, self.run_dir, self.console = cfg, c, run_dir, console
         self.on_validation = on_validation
         self.stop_asked = False  # by on_validation (a pruner's verdict)
-        self.train_arrays = c.task.device_arrays(c.dataset.split("train"))
+        train = c.dataset.split("train")
+        if isinstance(train, StoredSplit):  # streamed from disk; only the batches are in memory
+            self.train_arrays = train.source([k for k in train if k not in c.task.host_keys])
+        else:
+            self.train_arrays = c.task.device_arrays(train)
+        self.num_train = split_rows(train)
         self.val_arrays = c.dataset.split("val")
         self.stream = TrainStream(self.train_arrays, cfg.train.batch_size, seed=cfg.train.seed, version=c.dataset.version)
         self.ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
@@ -148,7 +154,7 @@ class _Run:
         self.jit_step = jax.jit(step, donate_argnums=(0, 1))
         self.predict = jax.jit(make_predict_step(c.graphdef, c.predict_fn))
         self.score = c.task.scorer(cfg, c.info)
-        example = shard_batch({k: v[: cfg.train.batch_size] for k, v in self.train_arrays.items()}, c.mesh)
+        example = shard_batch(first_rows(self.train_arrays, cfg.train.batch_size), c.mesh)
         acc = jax.eval_shape(step, self.state, init_accumulator([]), example)[1]
         self.metric_names = [k for k in acc if k != "count"]
         self.acc = self.fresh_acc()
@@ -163,7 +169,7 @@ class _Run:
         return replicate(init_accumulator(self.metric_names), self.c.mesh)
 
     def progress(self) -> TrainProgress:
-        per_epoch = max(1, len(next(iter(self.train_arrays.values()))) // self.cfg.train.batch_size)
+        per_epoch = max(1, self.num_train // self.cfg.train.batch_size)
         self.bar = TrainProgress(self.c.total_steps, self.step, self.cfg.train.batch_size, per_epoch,
                                  self.cfg.train.progress, self.console)
         return self.bar

@@ -1,0 +1,171 @@
+"""Converted datasets (ArrayRecord shards + manifest) streamed by Grain: round trip, damage
+reported, training on them equal to training in memory, and exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import run_main, set_args
+
+from astroflax.data.store import DatasetWriter, StoredSplit, read_manifest, split_rows
+from astroflax.errors import DataError
+
+PHOTOZ = ["model.hidden=[16]", "model.head=gaussian", "train.batch_size=64", "train.steps=120",
+          "train.eval_every=20", "train.log_every=1", "checkpoint.keep_latest=3", "schedule.warmup_steps=1",
+          "train.progress=false"]
+
+
+def write(directory: Path, arrays: dict, shard_bytes: int = 1000) -> dict:
+    w = DatasetWriter(directory, "photoz", shard_bytes=shard_bytes)
+    w.add("train", {k: v[:80] for k, v in arrays.items()})
+    w.add("train", {k: v[80:100] for k, v in arrays.items()})  # a second chunk continues the split
+    w.add("val", {k: v[100:] for k, v in arrays.items()})
+    w.close({"class_names": ["a"]}, {"input": "generated"})
+    return read_manifest(directory)
+
+
+def example_arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(size=(120, 3, 2)).astype(np.float32), "label": rng.integers(0, 5, 120).astype(np.int32),
+            "flag": rng.random(120) > 0.5}
+
+
+def test_round_trip_shards_statistics_and_version(tmp_path):
+    arrays = example_arrays()
+    m = write(tmp_path / "ds", arrays)
+    assert m["splits"]["train"]["rows"] == 100 and m["splits"]["val"]["rows"] == 20
+    shards = m["splits"]["train"]["shards"]
+    record = 3 * 2 * 4 + 4 + 1  # bytes per example: a shard closes once it holds >= 1000 bytes
+    assert [s["rows"] for s in shards][:-1] == [-(-1000 // record)] * (len(shards) - 1) and len(shards) == 3
+    assert [s["file"] for s in shards] == [f"train-{i:05d}-of-{len(shards):05d}.arrayrecord" for i in range(len(shards))]
+    assert sum(s["rows"] for s in shards) == 100
+    split = StoredSplit(tmp_path / "ds", "train", m)
+    assert split_rows(split) == 100
+    for key in arrays:
+        assert np.array_equal(split[key], arrays[key][:100]) and split[key].dtype == arrays[key].dtype
+    src = split.source(["x"])
+    assert list(src[57]) == ["x"] and np.array_equal(src[57]["x"], arrays["x"][57])
+    stats = m["normalisation"]["x"]
+    assert stats["mean"] == pytest.approx(float(arrays["x"][:100].mean()), abs=1e-6)
+    assert stats["min"] == pytest.approx(float(arrays["x"][:100].min()))
+    assert "label" not in m["normalisation"]  # statistics of float fields only
+    # The version depends on the content only: the same rows give the same hash, one changed value another.
+    assert write(tmp_path / "again", arrays)["content_hash"] == m["content_hash"]
+    changed = {**arrays, "x": arrays["x"].copy()}
+    changed["x"][3, 0, 0] += 1.0
+    assert write(tmp_path / "changed", changed)["content_hash"] != m["content_hash"]
+
+
+def test_a_damaged_or_incomplete_dataset_is_one_clear_error(tmp_path):
+    m = write(tmp_path / "ds", example_arrays())
+    first = tmp_path / "ds" / m["splits"]["train"]["shards"][0]["file"]
+    first.unlink()
+    with pytest.raises(DataError, match="shard file\\(s\\) missing: .*train-00000-of"):
+        StoredSplit(tmp_path / "ds", "train", m).source()
+    m2 = write(tmp_path / "ds2", example_arrays())
+    m2["schema"][0]["shape"] = [3, 3]  # records no longer match the schema
+    with pytest.raises(DataError, match="a record has 29 bytes, the schema 41; the shard is damaged"):
+        StoredSplit(tmp_path / "ds2", "train", m2).source()[0]
+    # An aborted write leaves nothing under the final name.
+    w = DatasetWriter(tmp_path / "ds3", "photoz")
+    w.add("train", example_arrays())
+    w.abort()
+    assert not (tmp_path / "ds3").exists() and not list(tmp_path.glob(".ds3*"))
+
+
+def final_params(run_dir: Path, step: int = 120) -> dict[str, np.ndarray]:
+    restored = ocp.StandardCheckpointer().restore((run_dir / "checkpoints" / str(step) / "state").absolute())
+    leaves = jax.tree_util.tree_flatten_with_path({"params": restored["params"], "opt": restored["opt_state"]})[0]
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    from astroflax.cli import main
+
+    main(["data", "convert", "photoz", "--out", str(root / "ds"), *set_args(PHOTOZ)])  # raises on failure
+    return root
+
+
+def test_convert_info_and_train_equal_to_in_memory(converted, tmp_path, capsys):
+    ds = converted / "ds"
+    code, out, err = run_main(["data", "info", str(ds)], capsys)
+    assert code == 0, err
+    m = read_manifest(ds)
+    assert m["task"] == "photoz" and f"{m['splits']['train']['rows']:,}" in out and m["content_hash"] in out
+    assert m["splits"]["train"]["rows"] + m["splits"]["val"]["rows"] + m["splits"]["test"]["rows"] == 9988
+    code, _, err = run_main(["train", "photoz", "--run-dir", str(tmp_path / "mem"), "--no-evaluate",
+                             *set_args(PHOTOZ)], capsys)
+    assert code == 0, err
+    code, _, err = run_main(["train", "photoz", "--data", str(ds), "--run-dir", str(tmp_path / "disk"),
+                             "--no-evaluate", *set_args(PHOTOZ)], capsys)
+    assert code == 0, err
+    mem, disk = final_params(tmp_path / "mem"), final_params(tmp_path / "disk")
+    assert mem.keys() == disk.keys()
+    for k in mem:  # the same batches in the same order: bitwise the same run
+        assert np.array_equal(mem[k], disk[k]), k
+    info = json.loads((tmp_path / "disk" / "data_info.json").read_text())
+    assert info["dataset"]["content_hash"] == m["content_hash"] and info["dataset"]["rows"]["train"] == 6988
+    saved = (tmp_path / "disk" / "config.yaml").read_text()
+    assert f"dataset: {ds.absolute()}" in saved
+
+
+def test_data_errors_are_one_line(converted, tmp_path, capsys):
+    code, _, err = run_main(["train", "spectra", "--data", str(converted / "ds"), "--run-dir", str(tmp_path / "r")],
+                            capsys)
+    assert code == 2 and "was converted for task 'photoz', not 'spectra'" in err, err
+    code, _, err = run_main(["train", "morphology", "--data", str(tmp_path), "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "task 'morphology' reads no user files yet" in err, err
+    code, _, err = run_main(["data", "info", str(tmp_path)], capsys)
+    assert code == 2 and "not a converted dataset (no manifest.json)" in err, err
+    code, _, err = run_main(["data", "convert", "photoz", "--out", str(converted / "ds")], capsys)
+    assert code == 2 and "already exists" in err, err
+
+
+@pytest.mark.slow  # a real process killed with SIGKILL mid-run, resumed from the streamed dataset
+def test_sigkill_then_resume_on_a_streamed_dataset_is_bitwise(converted, tmp_path, capsys):
+    ds = converted / "ds"
+    argv = ["train", "photoz", "--data", str(ds), "--no-evaluate", *set_args(PHOTOZ)]
+    code, _, err = run_main([*argv, "--run-dir", str(tmp_path / "reference")], capsys)
+    assert code == 0, err
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "astroflax", *argv, "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    target = random.Random(os.getpid()).randint(30, 100)
+
+    def logged() -> int:
+        try:
+            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        except OSError:
+            return 0
+        steps = []
+        for line in lines:
+            try:
+                steps.append(json.loads(line)["step"])
+            except ValueError:
+                pass
+        return max(steps, default=0)
+
+    deadline = time.monotonic() + 300
+    while logged() < target and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    code, _, err = run_main([*argv, "--run-dir", str(run_dir)], capsys)
+    assert code == 0 and "Resuming" in err, err
+    ref, resumed = final_params(tmp_path / "reference"), final_params(run_dir)
+    for k in ref:
+        assert np.array_equal(ref[k], resumed[k]), f"{k} differs after the resume (killed at step ~{target})"
