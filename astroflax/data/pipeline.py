@@ -75,9 +75,23 @@ class TrainStream:
         self._iter.set_state(state["iterator"])
 
 
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Ordered batches of a fixed size (one compiled shape); the last is padded, ``_weight`` = 0 there."""
-    n = len(ArraySource(arrays))
+def num_rows(data: dict[str, np.ndarray] | Any) -> int:
+    """Examples in a dict of arrays or in a random-access source."""
+    return len(ArraySource(data)) if isinstance(data, dict) else len(data)
+
+
+def take(data: dict[str, np.ndarray] | Any, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows ``idx`` of arrays, or of a source (read one example at a time), as a batch."""
+    if isinstance(data, dict):
+        return {k: v[idx] for k, v in data.items()}
+    rows = [data[int(i)] for i in idx]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def eval_batches(data: dict[str, np.ndarray] | Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Ordered batches of a fixed size (one compiled shape); the last is padded, ``_weight`` = 0 there.
+    ``data``: arrays, or a source streamed from disk (only one batch is in memory)."""
+    n = num_rows(data)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
         pad = batch_size - len(idx)
@@ -85,14 +99,11 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dic
         if pad:
             weight[len(idx):] = 0.0
             idx = np.concatenate([idx, np.zeros(pad, idx.dtype)])
-        batch = {k: v[idx] for k, v in arrays.items()}
+        batch = take(data, idx)
         batch["_weight"] = weight
         yield batch
 
 
 def first_rows(data: dict[str, np.ndarray] | Any, n: int) -> dict[str, np.ndarray]:
     """The first ``n`` examples of arrays or of a source, as a batch (an example for tracing)."""
-    if isinstance(data, dict):
-        return {k: v[:n] for k, v in data.items()}
-    rows = [data[i] for i in range(min(n, len(data)))]
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return take(data, np.arange(min(n, num_rows(data))))

@@ -162,9 +162,13 @@ class DatasetWriter:
                     self._stats.setdefault(f.name, _RunningStats()).add(np.asarray(arrays[f.name]))
         info = self._splits.setdefault(split, {"rows": 0, "shards": [], "bytes": 0})
         record_bytes = sum(f.nbytes for f in self.schema)
+        # All records of the chunk at once: one (n, record_bytes) byte matrix, a row per example
+        # (the same bytes as ``encode`` gives one example at a time).
+        matrix = np.concatenate([np.ascontiguousarray(arrays[f.name], dtype=f.dtype).reshape(n, -1).view(np.uint8)
+                                 for f in self.schema], axis=1) if n else np.zeros((0, record_bytes), np.uint8)
         for i in range(n):
             writer = self._writer(split, info, record_bytes)
-            record = encode({k: np.asarray(v[i]) for k, v in arrays.items()}, self.schema)
+            record = matrix[i].tobytes()
             writer.write(record)
             self._hash.update(split.encode())
             self._hash.update(record)
@@ -306,7 +310,7 @@ class StoredSplit(Mapping):
 
     def __init__(self, directory: Path, split: str, manifest: dict[str, Any]):
         self.directory, self.name, self.manifest = directory, split, manifest
-        self._arrays: dict[str, np.ndarray] | None = None
+        self._arrays: dict[str, np.ndarray] = {}
 
     def source(self, keys: list[str] | None = None) -> RecordSource:
         return RecordSource(self.directory, self.name, self.manifest, keys)
@@ -315,19 +319,28 @@ class StoredSplit(Mapping):
     def rows(self) -> int:
         return int(self.manifest["splits"][self.name]["rows"])
 
-    def _load(self) -> dict[str, np.ndarray]:
-        if self._arrays is None:
-            self._arrays = self.source().read_all()
-        return self._arrays
-
     def __getitem__(self, key: str) -> np.ndarray:
-        return self._load()[key]
+        """One field of every example, loaded on first use and kept (labels for scoring stay
+        small while the inputs of a large split are only ever streamed)."""
+        if key not in self._arrays:
+            if key not in set(self):
+                raise KeyError(key)
+            self._arrays[key] = self.source([key]).read_all()[key]
+        return self._arrays[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter([f["name"] for f in self.manifest["schema"]])
 
     def __len__(self) -> int:
         return len(self.manifest["schema"])
+
+
+def device_view(task: Any, split: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | RecordSource:
+    """What the model sees of a split: its arrays without the task's host keys, or, for a
+    converted dataset, a source of those fields read from disk batch by batch."""
+    if isinstance(split, StoredSplit):
+        return split.source([k for k in split if k not in task.host_keys])
+    return task.device_arrays(split)
 
 
 def split_rows(split: Mapping[str, np.ndarray]) -> int:

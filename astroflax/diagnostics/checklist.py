@@ -20,8 +20,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from astroflax.data.store import load_dataset
 from astroflax.errors import AstroflaxError
-from astroflax.runfiles import CHECKLIST_FILE, discard_checklist, load_checklist, save_checklist  # noqa: F401
+from astroflax.runfiles import (  # noqa: F401
+    CHECKLIST_FILE,
+    discard_checklist,
+    load_checklist,
+    save_checklist,
+)
 
 PLATEAU_REL_CHANGE = 0.05
 MAX_ECE = 0.03
@@ -314,7 +320,6 @@ def run_checklist(run_dir: str | Path, checkpoint: str | int = "best", run: Any 
     val = _val_metrics(records, run.step)
     data, data_error = None, ""
     try:
-        from astroflax.data.store import load_dataset
         dataset = dataset if dataset is not None else load_dataset(run.cfg)
         data = dataset.splits
     except (AstroflaxError, OSError) as exc:

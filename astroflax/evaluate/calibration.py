@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special
 
+from astroflax.data.store import load_dataset
 from astroflax.errors import ConfigError
 from astroflax.evaluate import classification as clf
 
@@ -238,7 +239,6 @@ def calibrate_run(run: Any, dataset: Any = None, val_probs: np.ndarray | None = 
     if not run.task.is_classifier:
         return None
     if dataset is None:
-        from astroflax.data.store import load_dataset
         dataset = load_dataset(run.cfg)
     val = dataset.split("val")
     if "label" not in val or len(val["label"]) == 0:

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from astroflax.data.store import load_dataset
 from astroflax.runfiles import write_json
 from astroflax.tasks.base import Dataset
 
@@ -49,7 +50,6 @@ def evaluate_run(
     from astroflax.evaluate import uncertainty as unc
 
     task, info = run.task, run.info
-    from astroflax.data.store import load_dataset
     dataset = dataset if dataset is not None else load_dataset(run.cfg)
     arrays = dataset.split(split)
     methods: dict[str, dict] = {}

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from astroflax.data.store import load_dataset
 from astroflax.errors import AstroflaxError
 from astroflax.export.loader import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
 
@@ -84,7 +85,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | int =
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file()):
         raise AstroflaxError(f"--out {out_dir}: exists and is not an export directory; choose another (an export is replaced)")
     run = load_run(run_dir, checkpoint)
-    from astroflax.data.store import load_dataset
     dataset = load_dataset(run.cfg)
     split = "test" if "test" in dataset.splits else "val"
     example_all = run.task.device_arrays(dataset.split(split))

@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from astroflax.config import EmaConfig, SwaConfig
+from astroflax.data.store import load_dataset
 from astroflax.errors import ConfigError
 
 
@@ -143,7 +144,6 @@ def select_weights(state: Any, weights: str, c: Any) -> Any:
     model_state = state.model_state
     if weights == "swa" and has_batch_stats(model_state):
         cfg, task = c.cfg, c.task
-        from astroflax.data.store import load_dataset
         train = task.device_arrays(load_dataset(cfg).split("train"))
         n = len(next(iter(train.values())))
         bs = cfg.train.batch_size

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from astroflax.config import ExperimentConfig, finalize_config, load_yaml_file
 from astroflax.data.pipeline import TrainStream, first_rows
-from astroflax.data.store import StoredSplit, split_rows
+from astroflax.data.store import device_view, split_rows
 from astroflax.errors import CheckpointError, ConfigError, TrainingDiverged
 from astroflax.runtime import enable_compile_cache
 from astroflax.train.checkpoint import Checkpointer, abstract_like, json_safe
@@ -37,7 +37,12 @@ from astroflax.train.progress import TrainProgress
 from astroflax.train.sharding import replicate, shard_batch
 from astroflax.train.signals import GracefulStop
 from astroflax.train.state import count_params
-from astroflax.train.step import init_accumulator, make_predict_step, make_train_step, summarise_accumulator
+from astroflax.train.step import (
+    init_accumulator,
+    make_predict_step,
+    make_train_step,
+    summarise_accumulator,
+)
 
 # Keys that may differ between the saved config and the config of a resumed run.
 RESUMABLE_CHANGES = {"train.progress", "train.log_every", "name", "run_dir", "checkpoint.backup_dir",
@@ -118,10 +123,7 @@ class _Run:
         self.on_validation = on_validation
         self.stop_asked = False  # by on_validation (a pruner's verdict)
         train = c.dataset.split("train")
-        if isinstance(train, StoredSplit):  # streamed from disk; only the batches are in memory
-            self.train_arrays = train.source([k for k in train if k not in c.task.host_keys])
-        else:
-            self.train_arrays = c.task.device_arrays(train)
+        self.train_arrays = device_view(c.task, train)  # a converted dataset's split streams from disk
         self.num_train = split_rows(train)
         self.val_arrays = c.dataset.split("val")
         self.stream = TrainStream(self.train_arrays, cfg.train.batch_size, seed=cfg.train.seed, version=c.dataset.version)
@@ -199,7 +201,7 @@ class _Run:
     def validate(self, step: int) -> None:
         cfg, c = self.cfg, self.c
         outputs = predict_arrays(self.predict, self.state.params, self.state.model_state,
-                                 c.task.device_arrays(self.val_arrays), cfg.train.eval_batch_size, c.mesh)
+                                 device_view(c.task, self.val_arrays), cfg.train.eval_batch_size, c.mesh)
         scores = self.score(outputs, self.val_arrays, c.info)
         self.last_val = {f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))}
         self.writer.write(step, "val", self.last_val)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from astroflax.data.pipeline import eval_batches
+from astroflax.data.pipeline import eval_batches, num_rows
 from astroflax.train.sharding import shard_batch
 
 
@@ -20,7 +20,7 @@ def predict_arrays(
     predict: Callable[[Any, Any, dict], jax.Array],
     params: Any,
     model_state: Any,
-    arrays: dict[str, np.ndarray],
+    arrays: dict[str, np.ndarray] | Any,
     batch_size: int,
     mesh: Mesh,
     *extra: Any,
@@ -29,8 +29,9 @@ def predict_arrays(
 
     ``extra`` arguments follow the batch, then the batch's index (for per-batch RNG keys), as in
     ``predict(params, model_state, batch, *extra, index)``; without ``extra`` only the batch.
+    ``arrays`` may be a source streamed from disk (a converted dataset's split).
     """
-    n = len(next(iter(arrays.values())))
+    n = num_rows(arrays)
     batch_size = round_up(min(batch_size, round_up(n, mesh.devices.size)), mesh.devices.size)
     outputs = []
     for index, batch in enumerate(eval_batches(arrays, batch_size)):
