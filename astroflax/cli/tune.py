@@ -271,8 +271,12 @@ def show(
     from astroflax.tune.study import find_study_dir
 
     study_dir = find_study_dir(target)
+    if study_dir is None and storage and "/" not in target:
+        _show_from_storage(target, storage, top)  # a study run on other machines: its records only
+        return
     if study_dir is None:
-        raise ConfigError(f"{target}: no such study directory (nor runs/studies/{target})")
+        raise ConfigError(f"{target}: no such study directory (nor runs/studies/{target})"
+                          + ("" if storage else "; give --storage URL for a study whose directory is elsewhere"))
     from astroflax.tune.study import StudySpec
 
     runner = StudyRunner(study_dir, _study_url(study_dir, StudySpec.load(study_dir), storage), console=err)
@@ -284,6 +288,33 @@ def show(
         from astroflax.tune.report import write_study_report
 
         err.print(f"Wrote {write_study_report(study_dir, runner.study, runner.spec, runner.space)}")
+
+
+def _show_from_storage(name: str, storage: str, top: int) -> None:
+    """The best trials of study NAME read from its storage alone (no study directory here)."""
+    import optuna
+    from rich.table import Table
+
+    from astroflax.cli.common import wide_out
+    from astroflax.tune import quiet_optuna
+    from astroflax.tune.study import open_storage, public_url, storage_url
+
+    quiet_optuna()
+    url = storage_url(Path("."), storage)
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        raise ConfigError(f"study {name!r} is not in the storage {public_url(url)}") from None
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    done = sorted((t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"),
+                  key=lambda t: (sign * t.value, t.number))[:top]
+    keys = sorted({k for t in done for k in t.params})
+    table = Table(title=f"best trials of {name} ({study.direction.name.lower()})")
+    for h in ["trial", "value", *keys]:
+        table.add_column(h)
+    for t in done:
+        table.add_row(str(t.number), f"{t.value:.5g}", *[_short(t.params.get(k, "—")) for k in keys])
+    wide_out().print(table)
 
 
 # -------------------------------------------------------------------------- worker

@@ -130,14 +130,15 @@ class StudyRunner:
         self.lock = _AskLock(study_dir / ".ask.lock")
 
     # ------------------------------------------------------------------ a trial
-    def trial_config(self, trial: Any) -> tuple[Any, dict[str, Any]]:
-        values = self.space.suggest(trial, self.base, grid=self.spec.sampler == "grid")
+    def trial_config(self, trial: Any) -> Any:
+        """The base config with the trial's values, in the trial's run directory."""
         from astroflax.tune.space import config_with
 
+        values = self.space.suggest(trial, self.base, grid=self.spec.sampler == "grid")
         run_dir = trial_dir(self.study_dir, trial.number)
         extra = {"run_dir": str(run_dir), "name": f"{self.spec.name}-trial-{trial.number}",
                  "study": f"{self.study_dir.absolute()}#{trial.number}", "train": {"progress": False}}
-        return config_with(self.base, values, extra), values
+        return config_with(self.base, values, extra)
 
     def objective(self, trial: Any) -> float:
         """Train one trial; its value is the best validation ``metric`` of the run."""
@@ -148,7 +149,7 @@ class StudyRunner:
 
         self.lock.release()  # the trial exists now: other workers may ask
         try:
-            cfg, _values = self.trial_config(trial)
+            cfg = self.trial_config(trial)
         except ConfigError as exc:  # a combination of values the config refuses: this trial fails
             trial.set_user_attr("error", str(exc))
             raise TrialFailed(str(exc)) from None  # caught: the study goes on
@@ -156,7 +157,7 @@ class StudyRunner:
         trial.set_user_attr("run_dir", str(run_dir.relative_to(self.study_dir)))
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("pid", os.getpid())
-        resume = self._continue_retried(trial, run_dir)
+        self._continue_retried(trial, run_dir)
         metric = self.spec.metric
 
         def report(step: int, val: dict) -> bool:
@@ -170,7 +171,7 @@ class StudyRunner:
         with open(run_dir / "train.log", "a") as log:
             console = Console(file=log, width=120, soft_wrap=True, force_terminal=False)
             try:
-                result = train(cfg, resume=resume, console=console, on_validation=report)
+                result = train(cfg, resume=None, console=console, on_validation=report)  # None: resume if checkpointed
             except TRIAL_ERRORS as exc:
                 trial.set_user_attr("error", str(exc))
                 console.print(f"error: {exc}", markup=False, highlight=False)
@@ -190,20 +191,18 @@ class StudyRunner:
         trial.set_user_attr("best_step", best[1])
         return best[0]
 
-    def _continue_retried(self, trial: Any, run_dir: Path) -> bool | None:
-        """A retry of a killed or interrupted trial starts from that trial's last checkpoint."""
+    def _continue_retried(self, trial: Any, run_dir: Path) -> None:
+        """A retry of a killed or interrupted trial gets a copy of that trial's run directory,
+        so its training resumes from the last checkpoint (the trainer verifies it)."""
         from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 
         frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
         history = Retry.retry_history(frozen)
-        if not history or (run_dir / "checkpoints").exists():
-            return None
-        source = trial_dir(self.study_dir, history[-1])
-        if not (source / "checkpoints").is_dir():
-            return None
+        source = trial_dir(self.study_dir, history[-1]) if history else None
+        if source is None or (run_dir / "checkpoints").exists() or not (source / "checkpoints").is_dir():
+            return
         shutil.copytree(source, run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("train.log", "report"))
         trial.set_user_attr("continued_from", history[-1])
-        return None  # resume if the copied checkpoints are complete (the trainer checks)
 
     @staticmethod
     def _write_report(run_dir: Path) -> None:

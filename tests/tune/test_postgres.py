@@ -8,6 +8,9 @@ test fails (scripts/test.sh installs Debian's postgresql package); it does not s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from conftest import run_cli, tune_argv, write_space
@@ -83,6 +86,14 @@ def test_two_workers_share_a_postgresql_study(tmp_path, pg):
     rows = _table_rows(show.stdout)
     assert rows and rows[0][0].split()[0] == str(study.best_trial.number), show.stdout
     assert PASSWORD not in show.stdout + show.stderr
+    # By name, from another machine's point of view: no study directory here, only the storage.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    by_name = subprocess.run([sys.executable, "-m", "astroflax", "tune", "show", "pg-photoz", "--storage", url],
+                             capture_output=True, text=True, timeout=120, cwd=elsewhere, env={**os.environ, "COLUMNS": "200"})
+    assert by_name.returncode == 0, by_name.stderr
+    rows = _table_rows(by_name.stdout)
+    assert len(rows) == 4 and rows[0][0] == str(study.best_trial.number), by_name.stdout
     # Without --storage, `show` cannot know the password and says so in one line.
     again = run_cli("tune", "show", str(study_dir))
     assert again.returncode == 2, f"{again.stdout}\n{again.stderr}"
