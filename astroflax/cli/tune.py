@@ -9,7 +9,15 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from astroflax.cli.common import ConfigFile, Overrides, Preset, TaskName, err, evaluate_option, require_file
+from astroflax.cli.common import (
+    ConfigFile,
+    Overrides,
+    Preset,
+    TaskName,
+    err,
+    evaluate_option,
+    require_file,
+)
 from astroflax.errors import ConfigError
 
 
@@ -103,8 +111,8 @@ def run(
     evaluate_after: evaluate_option("evaluate the best trial (and the baseline) on the test split") = True,
 ) -> None:
     """Search hyperparameters of TASK: each trial an ordinary run directory in the study directory."""
-    from astroflax.tune.runner import StudyRunner, enqueue_baseline, retry_interrupted, start_workers, watch_workers
-    from astroflax.tune.study import SPEC_FILE, StudySpec, default_study_dir, load_study, now, public_url, storage_url
+    from astroflax.tune.runner import StudyRunner, enqueue_baseline, retry_interrupted
+    from astroflax.tune.study import StudySpec, default_study_dir, public_url
 
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")
@@ -121,40 +129,10 @@ def run(
             spec.save(study_dir)
         url = _study_url(study_dir, spec, storage)
     else:
-        if (study_dir / SPEC_FILE).exists():
-            raise ConfigError(f"study directory {study_dir} already holds a study; continue it with --resume or "
-                              "choose another --study / --study-dir")
-        if space_file is None:
-            raise ConfigError("--space: a search space YAML is required, e.g. --space space.yaml")
-        require_file(space_file, "--space")
-        require_file(config, "--config")
-        from astroflax.config import build_config, load_yaml_file
-        from astroflax.tune.space import SAMPLERS, SearchSpace
-        from astroflax.tune.study import PRUNERS
-
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"--sampler {sampler!r}: choose from {', '.join(SAMPLERS)}")
-        if pruner not in PRUNERS:
-            raise ConfigError(f"--pruner {pruner!r}: choose from {', '.join(PRUNERS)}")
-        config_values = load_yaml_file(config) if config else {}
-        base = build_config(task, preset, None, list(overrides), file_values=config_values)
-        space = SearchSpace.from_file(space_file, base)
-        if sampler == "grid":
-            space.grid_space()  # a continuous or conditional key is an error now, not in a worker
-        metric = metric or base.checkpoint.metric
-        if not metric.startswith("val_"):
-            raise ConfigError(f"--metric {metric!r}: studies are tuned on the validation split; expected a "
-                              "val_* metric such as val_loss")
-        spec = StudySpec(
-            name=name, task=base.task, preset=base.preset, config_values=config_values, overrides=list(overrides),
-            space=load_yaml_file(space_file),
-            space_file=str(space_file), metric=metric, direction=_direction(metric, base, direction),
-            trials=trials or 20, sampler=sampler, pruner=pruner, seed=seed,
-            storage=public_url(storage) if storage else None, heartbeat=heartbeat, baseline=baseline, created=now(),
-        )
-        url = storage_url(study_dir, storage)
-        load_study(spec, url, create=True)  # the records first: study.json appears only for a study that exists
-        spec.save(study_dir)
+        spec, url = _create_study(
+            study_dir, name, task, space_file, config, preset, list(overrides), storage,
+            dict(trials=trials or 20, sampler=sampler, pruner=pruner, seed=seed, heartbeat=heartbeat,
+                 baseline=baseline), metric, direction)
 
     runner = StudyRunner(study_dir, url, worker=0, console=err)
     if resume:
@@ -166,35 +144,85 @@ def run(
     err.print(f"Study [bold]{spec.name}[/] ({spec.task}): {runner.budget} trials, sampler {spec.sampler}, pruner "
               f"{spec.pruner}, metric {spec.metric} ({spec.direction}); {workers} worker(s); directory {study_dir}; "
               f"storage {public_url(url)}")
+    _search(runner, study_dir, url, workers, task)
+    _finish(study_dir, runner, evaluate_after)
 
-    line = lambda frozen: err.print(_trial_line(frozen, spec, runner.space), markup=False, highlight=False)
+
+def _create_study(study_dir: Path, name: str, task: str, space_file: Optional[Path], config: Optional[Path],
+                  preset: Optional[str], overrides: list[str], storage: Optional[str], options: dict,
+                  metric: Optional[str], direction: Optional[str]) -> tuple[Any, str]:
+    """Validate everything a new study needs (config, space, sampler, pruner, metric), create its
+    records, then write ``study.json``; returns the spec and the storage URL."""
+    from astroflax.config import build_config, load_yaml_file
+    from astroflax.tune.space import SAMPLERS, SearchSpace
+    from astroflax.tune.study import (
+        PRUNERS,
+        SPEC_FILE,
+        StudySpec,
+        load_study,
+        now,
+        public_url,
+        storage_url,
+    )
+
+    if (study_dir / SPEC_FILE).exists():
+        raise ConfigError(f"study directory {study_dir} already holds a study; continue it with --resume or "
+                          "choose another --study / --study-dir")
+    if space_file is None:
+        raise ConfigError("--space: a search space YAML is required, e.g. --space space.yaml")
+    require_file(space_file, "--space")
+    require_file(config, "--config")
+    if options["sampler"] not in SAMPLERS:
+        raise ConfigError(f"--sampler {options['sampler']!r}: choose from {', '.join(SAMPLERS)}")
+    if options["pruner"] not in PRUNERS:
+        raise ConfigError(f"--pruner {options['pruner']!r}: choose from {', '.join(PRUNERS)}")
+    config_values = load_yaml_file(config) if config else {}
+    base = build_config(task, preset, None, overrides, file_values=config_values)
+    space = SearchSpace.from_file(space_file, base)
+    if options["sampler"] == "grid":
+        space.grid_space()  # a continuous or conditional key is an error now, not in a worker
+    metric = metric or base.checkpoint.metric
+    if not metric.startswith("val_"):
+        raise ConfigError(f"--metric {metric!r}: studies are tuned on the validation split; expected a "
+                          "val_* metric such as val_loss")
+    spec = StudySpec(name=name, task=base.task, preset=base.preset, config_values=config_values, overrides=overrides,
+                     space=load_yaml_file(space_file), space_file=str(space_file), metric=metric,
+                     direction=_direction(metric, base, direction),
+                     storage=public_url(storage) if storage else None, created=now(), **options)
+    url = storage_url(study_dir, storage)
+    load_study(spec, url, create=True)  # the records first: study.json appears only for a study that exists
+    spec.save(study_dir)
+    return spec, url
+
+
+def _stopped(signal_name: str, what: str, task: str, study_dir: Path) -> typer.Exit:
+    err.print(f"[yellow]Study stopped by {signal_name}[/]{what}. Continue with:\n"
+              f"  astroflax tune {task} --study-dir {study_dir} --resume")
+    return typer.Exit(130 if signal_name == "SIGINT" else 143)
+
+
+def _search(runner: Any, study_dir: Path, url: str, workers: int, task: str) -> None:
+    """Run the trials: in this process (one worker) or in ``workers`` worker processes."""
     from astroflax.train.signals import GracefulStop
+    from astroflax.tune.runner import TrialInterrupted, start_workers, watch_workers
 
+    line = lambda frozen: err.print(_trial_line(frozen, runner.spec, runner.space), markup=False, highlight=False)
     with GracefulStop() as stop:
         if workers == 1:
-            from astroflax.tune.runner import TrialInterrupted
-
             try:
                 runner.work(on_trial=line, should_stop=lambda: stop.requested)
             except TrialInterrupted as exc:
-                err.print(f"[yellow]Study stopped by {exc.signal_name}[/]; the trial's checkpoint is saved. "
-                          f"Continue with:\n  astroflax tune {task} --study-dir {study_dir} --resume")
-                raise typer.Exit(130 if exc.signal_name == "SIGINT" else 143) from None
-            if stop.requested:  # between two trials
-                err.print(f"[yellow]Study stopped by {stop.name}[/] between trials. "
-                          f"Continue with:\n  astroflax tune {task} --study-dir {study_dir} --resume")
-                raise typer.Exit(130 if stop.name == "SIGINT" else 143)
-        else:
-            procs = start_workers(study_dir, url, workers)
-            codes = watch_workers(procs, runner.study, line, lambda: stop.name if stop.requested else None, err)
+                raise _stopped(exc.signal_name, "; the trial's checkpoint is saved", task, study_dir) from None
             if stop.requested:
-                err.print(f"[yellow]Study stopped by {stop.name}[/]; the workers checkpointed their trials. "
-                          f"Continue with:\n  astroflax tune {task} --study-dir {study_dir} --resume")
-                raise typer.Exit(130 if stop.name == "SIGINT" else 143)
-            failed = {i: c for i, c in codes.items() if c > 0}
-            if failed and runner.study is not None:
-                err.print(f"[red]worker(s) {', '.join(map(str, failed))} failed[/]; logs in {study_dir / 'workers'}")
-    _finish(study_dir, runner, evaluate_after)
+                raise _stopped(stop.name, " between trials", task, study_dir)
+            return
+        procs = start_workers(study_dir, url, workers)
+        codes = watch_workers(procs, runner.study, line, lambda: stop.name if stop.requested else None, err)
+        if stop.requested:
+            raise _stopped(stop.name, "; the workers checkpointed their trials", task, study_dir)
+        failed = [i for i, c in codes.items() if c > 0]
+        if failed:
+            err.print(f"[red]worker(s) {', '.join(map(str, failed))} failed[/]; logs in {study_dir / 'workers'}")
 
 
 def _finish(study_dir: Path, runner: Any, evaluate_after: bool) -> None:
