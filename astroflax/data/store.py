@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,15 @@ class _RunningStats:
 
     def add(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float64)
-        finite = np.where(np.isfinite(x), x, np.nan)
         n = len(x)
         if n == 0:
             return
-        mean = np.nanmean(finite, axis=0) if n else None
-        m2 = np.nansum((finite - mean) ** 2, axis=0)
-        lo, hi = np.nanmin(finite, axis=0), np.nanmax(finite, axis=0)
+        finite = np.where(np.isfinite(x), x, np.nan)  # a NaN (masked) value is left out, per element
+        with warnings.catch_warnings():  # an element that is NaN in every row of the chunk stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(finite, axis=0)
+            m2 = np.nansum((finite - mean) ** 2, axis=0)
+            lo, hi = np.nanmin(finite, axis=0), np.nanmax(finite, axis=0)
         if self.n == 0:
             self.n, self.mean, self.m2, self.lo, self.hi = n, mean, m2, lo, hi
             return
