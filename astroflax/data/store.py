@@ -68,10 +68,6 @@ def schema_of(arrays: Mapping[str, np.ndarray]) -> list[Field]:
     return fields
 
 
-def encode(example: Mapping[str, np.ndarray], schema: list[Field]) -> bytes:
-    return b"".join(np.ascontiguousarray(example[f.name], dtype=f.dtype).tobytes() for f in schema)
-
-
 def decode(record: bytes, schema: list[Field], where: str = "") -> dict[str, np.ndarray]:
     expected = sum(f.nbytes for f in schema)
     if len(record) != expected:
@@ -166,7 +162,7 @@ class DatasetWriter:
         info = self._splits.setdefault(split, {"rows": 0, "shards": [], "bytes": 0})
         record_bytes = sum(f.nbytes for f in self.schema)
         # All records of the chunk at once: one (n, record_bytes) byte matrix, a row per example
-        # (the same bytes as ``encode`` gives one example at a time).
+        # (each field's bytes in schema order, as ``decode`` reads them).
         matrix = np.concatenate([np.ascontiguousarray(arrays[f.name], dtype=f.dtype).reshape(n, -1).view(np.uint8)
                                  for f in self.schema], axis=1) if n else np.zeros((0, record_bytes), np.uint8)
         for i in range(n):

@@ -34,7 +34,8 @@ def trial_rows(study: Any, spec: StudySpec, space: Any = None) -> list[dict[str,
     sign = 1.0 if spec.direction == "minimize" else -1.0
     done = sorted((r for r in rows if r["state"] == "complete" and r["value"] is not None),
                   key=lambda r: (sign * r["value"], r["number"]))
-    rest = [r for r in rows if r not in done]
+    ranked = {r["number"] for r in done}
+    rest = [r for r in rows if r["number"] not in ranked]
     return done + rest
 
 

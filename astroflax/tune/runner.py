@@ -265,26 +265,9 @@ def retry_interrupted(study: Any) -> list[int]:
 def enqueue_baseline(runner: StudyRunner) -> bool:
     """Trial 0 is the config as given (where its values lie in the space): the tuned result is
     then compared with the untuned one inside the study."""
-    from astroflax.tune.space import _leaf_values
-
-    base = _leaf_values(runner.base.model_dump(mode="json"))
-    params: dict[str, Any] = {}
-    for key, p in runner.space.params.items():
-        value = base.get(key)
-        if p.when and not all((params.get(k, base.get(k)) in v) if isinstance(v, list) else
-                              params.get(k, base.get(k)) == v for k, v in p.when.items()):
-            continue
-        if p.type == "categorical" or runner.spec.sampler == "grid":
-            from astroflax.tune.space import _encode
-
-            choices = p.grid() if runner.spec.sampler == "grid" else p.choices
-            if value not in (choices or []):
-                return False
-            params[key] = _encode(value)
-        elif value is None or not (p.low <= float(value) <= p.high):
-            return False
-        else:
-            params[key] = value
+    params = runner.space.baseline_params(runner.base, grid=runner.spec.sampler == "grid")
+    if params is None:
+        return False
     runner.study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
     return True
 

@@ -210,6 +210,25 @@ class SearchSpace:
                 chosen[key] = trial.suggest_float(key, float(p.low), float(p.high), step=p.step, log=p.log)
         return chosen
 
+    def baseline_params(self, cfg: ExperimentConfig, grid: bool = False) -> dict[str, Any] | None:
+        """``cfg``'s own values of the searched keys, as Optuna params (for ``enqueue_trial``);
+        None when one of them lies outside the space."""
+        base = _leaf_values(cfg.model_dump(mode="json"))
+        params: dict[str, Any] = {}
+        for key, p in self.params.items():
+            if p.when and not all(_matches(params.get(k, base.get(k)), v) for k, v in p.when.items()):
+                continue
+            value = base.get(key)
+            if p.type == "categorical" or grid:
+                if value not in ((p.grid() if grid else p.choices) or []):
+                    return None
+                params[key] = _encode(value)
+            elif value is None or not (p.low <= float(value) <= p.high):
+                return None
+            else:
+                params[key] = value
+        return params
+
     def decode_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Optuna's stored params (JSON text for list choices) as config values."""
         out = {}
