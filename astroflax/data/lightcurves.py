@@ -23,13 +23,18 @@ from typing import Any
 import numpy as np
 
 from astroflax.data.cache import content_hash
-from astroflax.data.checks import F32_MAX, F32_TINY, MJD_RANGE, cell_error, out_of_range, range_text, show_value
+from astroflax.data.checks import (
+    F32_TINY,
+    MJD_RANGE,
+    show_value,
+)
+from astroflax.data.tables import Table, find_table, parse_split
 from astroflax.errors import DataError
 
 __all__ = [
-    "PLASTICC_CLASSES",
-    "PASSBANDS",
     "META_COLUMNS",
+    "PASSBANDS",
+    "PLASTICC_CLASSES",
     "SPLIT_NAMES",
     "DataError",
     "LightCurveSet",
@@ -203,112 +208,6 @@ def load_bundled_plasticc() -> LightCurveSet:
 
 
 # --------------------------------------------------------------------------- user data
-_TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
-
-
-def _find_table(directory: Path, stem: str, what: str) -> Path:
-    """Find ``<stem>.{csv,csv.gz,parquet}``, else the unique file whose name contains ``stem``."""
-    files = [p for p in sorted(directory.iterdir()) if p.is_file()]
-    tables = [p for p in files if p.name.lower().endswith(_TABLE_SUFFIXES)]
-    exact = [p for p in tables if p.name.lower() in {stem + s for s in _TABLE_SUFFIXES}]
-    if len(exact) == 1:
-        return exact[0]
-    cands = exact or [p for p in tables if stem in p.name.lower()]
-    expected = f"expected {stem}.csv, {stem}.csv.gz or {stem}.parquet (or one file whose name contains {stem!r})"
-    if not cands:
-        raise DataError(f"{directory}: no {what} table found; {expected}")
-    if len(cands) > 1:
-        names = ", ".join(p.name for p in cands)
-        raise DataError(f"{directory}: several {what} tables ({names}); {expected}, keep only one")
-    return cands[0]
-
-
-class Table:
-    """A user table read with pandas, remembering how to name its rows in messages."""
-
-    def __init__(self, path: Path):
-        import pandas as pd
-
-        self.path = path
-        self.is_csv = not path.name.lower().endswith((".parquet", ".pq"))
-        try:
-            if self.is_csv:
-                # skip_blank_lines=False keeps DataFrame index == file line - 2; empty rows dropped below.
-                df = pd.read_csv(path, skipinitialspace=True, skip_blank_lines=False)
-            else:
-                df = pd.read_parquet(path)
-        except Exception as exc:  # noqa: BLE001 - re-raised as a one-line user message
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DataError(f"{path}: cannot read table: {first}") from exc
-        df.columns = [str(c).strip().lower() for c in df.columns]
-        if df.columns.duplicated().any():
-            dup = df.columns[df.columns.duplicated()][0]
-            raise DataError(f"{path}: column {dup!r} appears more than once (names are case-insensitive)")
-        if self.is_csv:
-            df = df.dropna(how="all")
-        self.df = df
-
-    def where(self, pos: int) -> str:
-        """Human row reference for DataFrame positional row ``pos``."""
-        idx = int(self.df.index[pos])
-        return f"line {idx + 2}" if self.is_csv else f"row {idx} (0-based)"
-
-    def fail(self, column: str | None, pos: int | None, msg: str, n_bad: int = 1, oid: Any = None) -> DataError:
-        where = None
-        if pos is not None:
-            where = self.where(pos)
-            if oid is None and "object_id" in self.df.columns and column != "object_id":
-                oid = self.df["object_id"].iloc[pos]
-            if oid is not None:
-                where += f" (object_id {oid})"
-        return cell_error(self.path, column, where, msg, n_bad)
-
-    def check_range(self, column: str, values: np.ndarray, expected: str, lo: float | None = None,
-                    hi: float | None = None, lo_open: bool = False, hi_open: bool = False, note: str = "") -> None:
-        """A DataError at the first value of ``column`` outside the range (NaN = missing, not checked)."""
-        bad = out_of_range(values, lo, hi, lo_open, hi_open)
-        if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            raise self.fail(column, pos, f"expected {expected} {range_text(lo, hi, lo_open, hi_open)}{note}, "
-                                         f"got {show_value(values[pos])}", int(bad.sum()))
-
-    def require(self, columns: tuple[str, ...], aliases: dict[str, str] | None = None) -> None:
-        for alias, name in (aliases or {}).items():
-            if name not in self.df.columns and alias in self.df.columns:
-                self.df = self.df.rename(columns={alias: name})
-        missing = [c for c in columns if c not in self.df.columns]
-        if missing:
-            have = ", ".join(map(str, self.df.columns)) or "none"
-            raise DataError(
-                f"{self.path}: missing column(s) {', '.join(map(repr, missing))}; "
-                f"expected {', '.join(columns)} (found: {have})"
-            )
-
-    def numeric(self, column: str, *, integer: bool = False, allow_nan: bool = False) -> np.ndarray:
-        """Column as float64 (or int64), with a DataError at the first invalid row."""
-        import pandas as pd
-
-        s = self.df[column]
-        if integer and pd.api.types.is_signed_integer_dtype(s.dtype) and not s.isna().any():
-            return s.to_numpy(dtype=np.int64)
-        with np.errstate(over="ignore", invalid="ignore"):  # huge numbers become inf: reported below
-            v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        not_number = np.isnan(v) & s.notna().to_numpy()
-        bad = not_number | np.isinf(v) | (np.isnan(v) if not allow_nan else False)
-        if integer:
-            bad |= np.isfinite(v) & ((v != np.round(v)) | (np.abs(v) >= 2.0**63))
-        if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            kind = ("an integer (int64: |id| < 9.2e18)" if integer else
-                    ("a finite number or empty" if allow_nan else "a finite number"))
-            got = "an empty cell" if pd.isna(s.iloc[pos]) else show_value(s.iloc[pos])
-            raise self.fail(column, pos, f"expected {kind}, got {got}", int(bad.sum()))
-        if integer:
-            return v.astype(np.int64)
-        self.check_range(column, v, "a number that float32 can hold,", -F32_MAX, F32_MAX)
-        return v
-
-
 def _parse_passband(tab: Table) -> np.ndarray:
     s = tab.df["passband"]
     text = s.astype("string").str.strip().str.lower().to_numpy(dtype=object, na_value=None)
@@ -386,22 +285,6 @@ def _parse_labels(tab: Table, class_names: list[str] | None) -> tuple[np.ndarray
     return labels, names
 
 
-def _parse_split(tab: Table) -> np.ndarray | None:
-    if "split" not in tab.df.columns:
-        return None
-    s = tab.df["split"]
-    text = s.astype("string").str.strip().str.lower().to_numpy(dtype=object, na_value=None)
-    lut = {name: i for i, name in enumerate(SPLIT_NAMES)}
-    lut.update({str(i): i for i in range(3)})
-    lut.update({"valid": 1, "validation": 1})
-    vals = [lut.get(t) if t is not None else None for t in text]
-    bad = np.array([v is None for v in vals], dtype=bool)
-    if bad.any():
-        pos = int(np.flatnonzero(bad)[0])
-        raise tab.fail("split", pos, f"expected train/val/test (or 0/1/2), got {show_value(s.iloc[pos])}", int(bad.sum()))
-    return np.asarray(vals, dtype=np.uint8)
-
-
 def load_user_lightcurves(directory: str | Path, class_names: list[str] | None = None) -> LightCurveSet:
     """Load and validate user light curves in the PLAsTiCC layout.
 
@@ -431,8 +314,8 @@ def load_user_lightcurves(directory: str | Path, class_names: list[str] | None =
         raise DataError(f"{directory}: directory does not exist; expected a folder with lightcurves.csv and metadata.csv")
     if not directory.is_dir():
         raise DataError(f"{directory}: not a directory; expected a folder with lightcurves.csv and metadata.csv")
-    lc_path = _find_table(directory, "lightcurves", "light-curve")
-    meta_path = _find_table(directory, "metadata", "metadata")
+    lc_path = find_table(directory, "lightcurves", "light-curve")
+    meta_path = find_table(directory, "metadata", "metadata")
 
     # ---- light curves
     lc = Table(lc_path)
@@ -473,7 +356,7 @@ def load_user_lightcurves(directory: str | Path, class_names: list[str] | None =
         raise md.fail("object_id", pos, f"duplicate object_id {m_oid[pos]}: also on {md.where(first)}; "
                                         "expected one row per object", dup.size + 1)
     labels, names = _parse_labels(md, class_names)
-    split = _parse_split(md)
+    split = parse_split(md)
     meta_cols, missing_cols = [], []
     for c in META_COLUMNS:
         if c in md.df.columns:

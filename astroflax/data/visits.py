@@ -18,7 +18,8 @@ import numpy as np
 
 from astroflax.data import variable_sim as vs
 from astroflax.data.checks import F32_MAX, F32_TINY, MAG_RANGE, MJD_RANGE, TIME_RANGE
-from astroflax.data.lightcurves import Table, show_value
+from astroflax.data.checks import show_value
+from astroflax.data.tables import Table
 from astroflax.errors import DataError
 
 Arrays = dict[str, np.ndarray]
