@@ -29,6 +29,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 SUPPORTED = IMAGE_EXTENSIONS + FITS_EXTENSIONS
 GALAXY_ZOO_FILE = "galaxy_zoo_smoke.npz"
+MAX_BANDS = 16  # a cube with more planes than this is a spectral cube or a stack, not a multi-band cutout
 
 
 def _suffix(path: Path) -> str:
@@ -40,57 +41,96 @@ def _suffix(path: Path) -> str:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """One image file -> float32 ``(H, W, 3)`` in g, r, i order (see module docstring)."""
+    """One image file -> float32 ``(H, W, 3)`` in g, r, i order (see module docstring).
+
+    The three-band view the bundled (rendered-galaxy) model reads: one band is replicated.
+    """
+    path = Path(path)
+    arr, _ = read_bands(path, max_bands=3)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] != 3:
+        raise DataError(f"{path}: image has {arr.shape[-1]} bands; expected 1 or 3")
+    return arr
+
+
+def read_bands(path: str | Path, max_bands: int | None = None) -> tuple[np.ndarray, float]:
+    """One image file -> float32 ``(H, W, C)`` with its own number of bands, and its full scale.
+
+    RGB(A) PNG/JPEG: 3 bands in g, r, i order (alpha dropped); grey: 1 band; 2-D FITS: 1 band;
+    3-D FITS: N bands along the short axis (``(N, H, W)``, FITS's own order, or ``(H, W, N)``).
+    The full scale is the largest value the file's pixel type can hold (255 for 8-bit, 65535
+    for 16-bit images), NaN for FITS (floats with no fixed range): the VAE maps pixels to [0, 1]
+    with it. ``max_bands=3`` keeps the bundled model's message for cubes it cannot read.
+    """
     path = Path(path)
     ext = _suffix(path)
     if ext not in SUPPORTED:
         raise DataError(f"{path}: unsupported extension {ext or '(none)'!r}; expected one of {', '.join(SUPPORTED)}")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; expected an image file ({', '.join(SUPPORTED)})")
-    arr = _read_fits(path) if ext in FITS_EXTENSIONS else _read_pillow(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if ext in FITS_EXTENSIONS:
+        arr, full = _read_fits(path, max_bands), float("nan")
+    else:
+        arr, full = _read_pillow(path)
+    return check_pixels(np.asarray(arr), str(path)), full
+
+
+def check_pixels(arr: np.ndarray, where: str) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` pixels -> float32 ``(H, W, C)``, or a DataError naming ``where``.
+
+    Rejects values beyond float32's safe range (finite in float64 but not after the stretch),
+    images under 8x8, all-NaN and constant images; other NaN/Inf pixels become the median (warned).
+    """
     big = np.isfinite(arr) & (np.abs(arr) > ABS_MAX)
     if big.any():  # finite in float64 but beyond what the float32 resampling and stretch can hold
         at = tuple(int(k) for k in np.argwhere(big)[0])
-        raise DataError(f"{path}: pixel (x={at[1]}, y={at[0]}) is {show_value(arr[at])}; "
+        raise DataError(f"{where}: pixel (x={at[1]}, y={at[0]}) is {show_value(arr[at])}; "
                         f"expected |value| <= {ABS_MAX:g} [{int(big.sum())} such values]")
     arr = np.asarray(arr, np.float32)
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
+        arr = arr[..., None]
     if min(arr.shape[:2]) < 8:
-        raise DataError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]} pixels; expected at least 8x8")
+        raise DataError(f"{where}: image is {arr.shape[1]}x{arr.shape[0]} pixels; expected at least 8x8")
     finite = np.isfinite(arr)
     if not finite.any():
-        raise DataError(f"{path}: every pixel is NaN/Inf; expected a real image")
+        raise DataError(f"{where}: every pixel is NaN/Inf; expected a real image")
     if not finite.all():
         import warnings
 
-        warnings.warn(f"{path}: {int((~finite).any(axis=-1).sum())} NaN/Inf pixels replaced by the image's median",
-                      UserWarning, stacklevel=2)
-    arr = np.where(finite, arr, np.nanmedian(np.where(finite, arr, np.nan)))
+        warnings.warn(f"{where}: {int((~finite).any(axis=-1).sum())} NaN/Inf pixels replaced by the image's median",
+                      UserWarning, stacklevel=3)
+        arr = np.where(finite, arr, np.nanmedian(np.where(finite, arr, np.nan)))
     if float(arr.max() - arr.min()) == 0.0:
-        raise DataError(f"{path}: image is constant (all pixels = {float(arr.flat[0])}); expected a galaxy image")
+        raise DataError(f"{where}: image is constant (all pixels = {float(arr.flat[0])}); expected a galaxy image")
     return arr
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path) -> tuple[np.ndarray, float]:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("L", "I", "F", "I;16", "I;16B", "I;16L"):
-                return np.asarray(im.convert("F"), np.float32)
+            if im.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im.convert("F"), np.float32), 65535.0
+            if im.mode in ("I", "F"):
+                return np.asarray(im.convert("F"), np.float32), float("nan")
+            if im.mode in ("L", "1"):
+                return np.asarray(im.convert("F"), np.float32), 255.0
             if im.mode == "LA":
-                return np.asarray(im.getchannel(0), np.float32)
+                return np.asarray(im.getchannel(0), np.float32), 255.0
             rgb = np.asarray(im.convert("RGB"), np.float32)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"{path}: cannot read as an image, the file is damaged or truncated "
                         f"({type(exc).__name__}: {first})") from None
-    return rgb[..., ::-1]  # R, G, B -> i, r, g reversed = g, r, i
+    return rgb[..., ::-1], 255.0  # R, G, B -> i, r, g reversed = g, r, i
 
 
-def _read_fits(path: Path) -> np.ndarray:
+def _read_fits(path: Path, max_bands: int | None = None) -> np.ndarray:
     from astropy.io import fits
 
     try:
@@ -107,13 +147,16 @@ def _read_fits(path: Path) -> np.ndarray:
     data = np.squeeze(data)
     if data.ndim == 2:
         return data
-    if data.ndim == 3 and data.shape[0] == 3:
+    limit = max_bands if max_bands is not None else MAX_BANDS
+    if data.ndim == 3 and data.shape[0] <= limit and data.shape[0] < min(data.shape[1:]):
         return np.moveaxis(data, 0, -1)
-    if data.ndim == 3 and data.shape[-1] == 3:
+    if data.ndim == 3 and data.shape[-1] <= limit and data.shape[-1] < min(data.shape[:2]):
         return data
-    raise DataError(
-        f"{path}: FITS image has shape {data.shape}; expected 2-D (one band) or 3-D with 3 bands (3, H, W) or (H, W, 3)"
-    )
+    if max_bands == 3:
+        raise DataError(f"{path}: FITS image has shape {data.shape}; expected 2-D (one band) or 3-D with 3 bands "
+                        "(3, H, W) or (H, W, 3)")
+    raise DataError(f"{path}: FITS image has shape {data.shape}; expected 2-D (one band) or a 3-D cube of at most "
+                    f"{MAX_BANDS} bands, (N, H, W) or (H, W, N)")
 
 
 def to_model_size(img: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:

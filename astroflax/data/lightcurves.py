@@ -558,3 +558,46 @@ def split_indices(lcs: LightCurveSet) -> dict[str, np.ndarray]:
             f"{lcs.source}: the data has no train/val/test split; add a 'split' column "
             "(train/val/test) to the metadata table")
     return {name: np.flatnonzero(lcs.split == i).astype(np.int64) for i, name in enumerate(SPLIT_NAMES)}
+
+
+# --------------------------------------------------------------------------- user data, any format
+USER_FORMATS: tuple[str, ...] = ("auto", "plasticc", "ztf_fp")
+
+
+def detect_format(path: str | Path) -> str:
+    """``ztf_fp`` for files starting with ``#key=value`` lines (ZTF forced photometry), else ``plasticc``."""
+    from astroflax.data import ztf
+
+    path = Path(path).expanduser()
+    if path.is_file():
+        return "ztf_fp" if ztf.is_forced_photometry(path) else "plasticc"
+    if path.is_dir():
+        names = [p.name.lower() for p in path.iterdir()]
+        if not any("lightcurves" in n or "metadata" in n for n in names) and ztf.is_forced_photometry(path):
+            return "ztf_fp"
+    return "plasticc"
+
+
+def load_user_data(path: str | Path, fmt: str = "auto", *, class_names: list[str] | None = None,
+                   map_plasticc: bool = False, training: bool = True
+                   ) -> tuple[LightCurveSet, list[Any], dict[str, Any]]:
+    """User light curves in any accepted format: (set, the objects' own ids, ``info["source"]``).
+
+    ``fmt``: ``plasticc`` (:func:`load_user_lightcurves`), ``ztf_fp``
+    (:func:`astroflax.data.ztf.load_forced_photometry`) or ``auto`` (:func:`detect_format`).
+    ``class_names``: the trained model's classes (prediction); ``map_plasticc``: ZTF BTS classes
+    are mapped onto the PLAsTiCC names.
+    """
+    from astroflax.data import ztf
+    from astroflax.data.tables import source_info
+
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "ztf_fp":
+        lcs, ids, more, rows = ztf.load_forced_photometry(path, class_names=class_names, map_plasticc=map_plasticc,
+                                                          training=training)
+        return lcs, ids, source_info(path, "ztf_fp (ZTF forced photometry, one object per file)", rows, **more)
+    lcs = load_user_lightcurves(path, class_names=class_names if class_names is not None else None)
+    d = Path(path).expanduser()
+    files = [find_table(d, "lightcurves", "light-curve").name, find_table(d, "metadata", "metadata").name]
+    return lcs, lcs.object_id.tolist(), source_info(path, "plasticc (light-curve + metadata tables)",
+                                                    int(lcs.offsets[-1]), files=files, objects=len(lcs))

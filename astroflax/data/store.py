@@ -68,16 +68,27 @@ def schema_of(arrays: Mapping[str, np.ndarray]) -> list[Field]:
     return fields
 
 
+def record_dtype(schema: list[Field]) -> np.dtype:
+    """The packed structured dtype of one record: fields in schema order, no padding."""
+    return np.dtype([(f.name, np.dtype(f.dtype), f.shape) for f in schema])
+
+
 def decode(record: bytes, schema: list[Field], where: str = "") -> dict[str, np.ndarray]:
-    expected = sum(f.nbytes for f in schema)
-    if len(record) != expected:
-        raise DataError(f"{where}: a record has {len(record)} bytes, the schema {expected}; the shard is damaged")
-    out, offset = {}, 0
-    for f in schema:
-        count = math.prod(f.shape)
-        out[f.name] = np.frombuffer(record, dtype=f.dtype, count=count, offset=offset).reshape(f.shape)
-        offset += f.nbytes
-    return out
+    return decode_batch([record], schema, where, squeeze=True)
+
+
+def decode_batch(records: list[bytes], schema: list[Field], where: str = "", squeeze: bool = False,
+                 dtype: np.dtype | None = None) -> dict[str, np.ndarray]:
+    """Records -> one array per field with the records along the first axis (one frombuffer
+    over the joined bytes: per-example decoding and stacking cost more than reading)."""
+    dtype = dtype or record_dtype(schema)
+    for record in records:
+        if len(record) != dtype.itemsize:
+            raise DataError(f"{where}: a record has {len(record)} bytes, the schema {dtype.itemsize}; the shard is damaged")
+    rows = np.frombuffer(b"".join(records), dtype=dtype)
+    if squeeze:
+        return {f.name: rows[f.name][0] for f in schema}
+    return {f.name: np.ascontiguousarray(rows[f.name]) for f in schema}
 
 
 class _RunningStats:
@@ -274,6 +285,7 @@ class RecordSource:
         self.where = f"{directory} ({split})"
         self.schema = [Field(f["name"], f["dtype"], tuple(f["shape"])) for f in manifest["schema"]]
         self.keys = keys
+        self._dtype = record_dtype(self.schema)
         self._source = ArrayRecordDataSource([str(p) for p in paths])
         self._len = int(info["rows"])
         if len(self._source) != self._len:
@@ -286,17 +298,19 @@ class RecordSource:
         example = decode(self._source[index], self.schema, self.where)
         return example if self.keys is None else {k: example[k] for k in self.keys}
 
+    def read_batch(self, indices: Any) -> dict[str, np.ndarray]:
+        """Examples ``indices`` as a batch: one batched ArrayRecord read, one decode."""
+        records = self._source.__getitems__([int(i) for i in indices])
+        batch = decode_batch(records, self.schema, self.where, dtype=self._dtype)
+        return batch if self.keys is None else {k: batch[k] for k in self.keys}
+
     def read_all(self, chunk: int = 4096) -> dict[str, np.ndarray]:
         """The whole split as arrays (evaluation splits, diagnostics)."""
-        out = {f.name: np.empty((self._len, *f.shape), f.dtype) for f in self.schema if self.keys is None or f.name in self.keys}
-        for start in range(0, self._len, chunk):
-            idx = list(range(start, min(start + chunk, self._len)))
-            for i, record in zip(idx, self._source.__getitems__(idx) if hasattr(self._source, "__getitems__")
-                                 else (self._source[j] for j in idx)):
-                ex = decode(record, self.schema, self.where)
-                for k in out:
-                    out[k][i] = ex[k]
-        return out
+        keys = [f.name for f in self.schema if self.keys is None or f.name in self.keys]
+        parts = [self.read_batch(range(s, min(s + chunk, self._len))) for s in range(0, self._len, chunk)]
+        if not parts:
+            return {f.name: np.empty((0, *f.shape), f.dtype) for f in self.schema if f.name in keys}
+        return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
     def __repr__(self) -> str:
         return f"RecordSource({self.where}, {self._len} rows)"

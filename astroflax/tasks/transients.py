@@ -1,7 +1,7 @@
 """``transients``: classify PLAsTiCC-like multi-band light curves into 14 classes.
 
-Data: the PLAsTiCC training set bundled with the package (or the user's own tables via
-``data.path``); model: :class:`~astroflax.models.lightcurve.TransientClassifier`; loss:
+Data: the PLAsTiCC training set bundled with the package, or the user's own curves via
+``data.path`` (PLAsTiCC-layout tables or ZTF forced-photometry files: ``docs/user_data/transients.md``); model: :class:`~astroflax.models.lightcurve.TransientClassifier`; loss:
 class-weighted softmax cross-entropy (PLAsTiCC's metric weights classes equally, so the loss
 does too by default); metrics: accuracy, flat-weighted log-loss, SN Ia one-vs-rest AUC.
 MC-dropout runs the model with ``train=True``: dropout, and also ``model.obs_dropout`` /
@@ -20,7 +20,9 @@ from flax import nnx
 from pydantic import Field
 
 from astroflax.data import lightcurves as lc
-from astroflax.data.splits import stratified_split
+from astroflax.data.cache import content_hash
+from astroflax.data.splits import indices_from_codes
+from astroflax.data.tables import DropLog, split_codes
 from astroflax.errors import ConfigError
 from astroflax.models.lightcurve import LightCurveModelConfig, TransientClassifier, build_classifier
 from astroflax.tasks import classify
@@ -31,7 +33,13 @@ POSITIVE_CLASS_ID = 90  # SN Ia
 
 
 class TransientsData(Section):
-    path: str | None = Field(None, description="directory with lightcurves + metadata tables; null = bundled PLAsTiCC")
+    path: str | None = Field(None, description="user data: a directory with lightcurves + metadata tables (PLAsTiCC "
+                             "layout) or of ZTF forced-photometry files; null = bundled PLAsTiCC")
+    format: Literal["auto", "plasticc", "ztf_fp"] = Field(
+        "auto", description="format of data.path: auto = ztf_fp for files with #key=value header lines, else plasticc")
+    class_names: Literal["data", "plasticc"] = Field(
+        "data", description="ZTF files: classes = the distinct bts_class values (data) or mapped onto the 14 PLAsTiCC "
+        "class names (plasticc: SN Ic, Ic-BL, Ib -> SN Ibc ...)")
     max_len: int = Field(256, ge=8, le=4096, description="observations kept per object (cut around the peak)")
     use_metadata: bool = Field(True, description="feed host photo-z, its error, MW E(B-V) and flux scale to the head")
     class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weight per class")
@@ -51,15 +59,34 @@ def _to_arrays(lcs: lc.LightCurveSet, max_len: int, use_meta: bool, meta_mean=No
     return arrays
 
 
+def _user_data(dcfg: TransientsData) -> tuple[lc.LightCurveSet, dict[str, np.ndarray], dict]:
+    """The user's curves (labelled objects only; the others recorded as dropped) and their split."""
+    lcs, ids, source = lc.load_user_data(dcfg.path, dcfg.format, map_plasticc=dcfg.class_names == "plasticc")
+    drops = DropLog()
+    keep = np.flatnonzero(lcs.labels >= 0)
+    if keep.size == 0:
+        raise ConfigError(f"data.path = {dcfg.path!r}: no object has a class (PLAsTiCC layout: the metadata "
+                          "'target' column; ZTF files: the #bts_class= header); training needs labels")
+    gone = np.flatnonzero(lcs.labels < 0)
+    if gone.size:
+        drops.add("object without a class (empty 'target' or #bts_class=-): kept for predict, not trained on",
+                  [f"object {ids[i]} ({lcs.lengths[i]} observations)" for i in gone], count=int(lcs.lengths[gone].sum()))
+        lcs = lcs.select(keep)
+    codes, method = split_codes(None, lcs.labels, dcfg.split_seed, split_values=lcs.split)
+    if lcs.split is not None:
+        method = "the 'split' column of the metadata table"
+    info = {"source": source, "split_method": method, "dropped": drops.to_info(),
+            "rows_used": int(lcs.offsets[-1]), "objects": len(lcs)}
+    if "ztf_fp" in source["format"]:
+        info["object_names"] = [ids[i] for i in keep]
+    return lcs, indices_from_codes(codes), info
+
+
 def load_data(cfg) -> Dataset:
     dcfg: TransientsData = cfg.data
+    extra_info: dict = {}
     if dcfg.path:
-        lcs = lc.load_user_lightcurves(dcfg.path)
-        if np.any(lcs.labels < 0):
-            raise ConfigError(f"data.path = {dcfg.path!r}: training needs a 'target' column for every object")
-        parts = (
-            lc.split_indices(lcs) if lcs.split is not None else stratified_split(lcs.labels, 0.1, 0.2, dcfg.split_seed)
-        )
+        lcs, parts, extra_info = _user_data(dcfg)
     else:
         lcs = lc.load_bundled_plasticc()
         parts = lc.split_indices(lcs)
@@ -90,8 +117,13 @@ def load_data(cfg) -> Dataset:
         "class_counts": {k: np.bincount(v["label"], minlength=num_classes).tolist() for k, v in splits.items()},
         "positive_class": positive if positive in lcs.class_names else None,
         "positive_key": "auc_snia",
+        **extra_info,
     }
-    return Dataset(splits=splits, info=info, version=f"{lcs.version}-L{dcfg.max_len}-m{int(dcfg.use_metadata)}")
+    version = f"{lcs.version}-L{dcfg.max_len}-m{int(dcfg.use_metadata)}"
+    if dcfg.path:  # every data setting (format, classes, split seed, weighting) changes the user data's version
+        version = content_hash(lcs.version, dcfg.model_dump(mode="json", exclude={"path"}),
+                               *[parts[k] for k in sorted(parts)], length=16)
+    return Dataset(splits=splits, info=info, version=version)
 
 
 def build_model(cfg, info: dict, rngs: nnx.Rngs) -> TransientClassifier:
@@ -104,11 +136,12 @@ def make_logits_fn(cfg, info: dict):
 
 
 def load_inputs(cfg, info: dict, path: str | Path) -> tuple[Arrays, np.ndarray]:
-    """A directory of light-curve + metadata tables, padded and standardised as in training."""
-    lcs = lc.load_user_lightcurves(path, class_names=info["class_names"])
+    """User curves in any accepted format (labels optional), padded and standardised as in training."""
+    fmt = cfg.data.format if cfg.data.path else "auto"
+    lcs, ids, _ = lc.load_user_data(path, fmt, class_names=info["class_names"], training=False)
     arrays = _to_arrays(lcs, info["max_len"], cfg.data.use_metadata, info["meta_mean"], info["meta_std"])
     arrays["sample_weight"] = np.ones(len(arrays["label"]), np.float32)
-    return arrays, arrays["object_id"]
+    return arrays, np.asarray(ids)
 
 
 TASK = classification_task(
