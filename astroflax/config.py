@@ -226,6 +226,8 @@ class ExperimentConfig(_Strict):
     preset: str | None = None
     dataset: str | None = Field(None, description="a converted dataset directory (astroflax data convert) to "
                                 "stream the data from, instead of the task's own loading")
+    stream: bool = Field(True, description="stream the task's data from disk: converted at first use into the "
+                         "dataset cache (one data path for bundled and user data); false: hold it in memory")
     study: str | None = Field(None, description="the hyperparameter study this config came from "
                               "(<study directory>#<trial>; set by astroflax tune, shown by the checklist)")
     # The task's own pydantic sections (see finalize_config): typed instances once resolved.

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import run_main, set_args
 
-from astroflax.data.store import DatasetWriter, StoredSplit, read_manifest, split_rows
+from astroflax.data.store import DatasetWriter, StoredSplit, is_store, read_manifest, split_rows
 from astroflax.errors import DataError
 
 PHOTOZ = ["model.hidden=[16]", "model.head=gaussian", "train.batch_size=64", "train.steps=120",
@@ -107,7 +107,7 @@ def test_convert_info_and_train_equal_to_in_memory(converted, tmp_path, capsys):
     assert m["task"] == "photoz" and f"{m['splits']['train']['rows']:,}" in out and m["content_hash"] in out
     assert m["splits"]["train"]["rows"] + m["splits"]["val"]["rows"] + m["splits"]["test"]["rows"] == 9988
     code, _, err = run_main(["train", "photoz", "--run-dir", str(tmp_path / "mem"), "--no-evaluate",
-                             *set_args(PHOTOZ)], capsys)
+                             *set_args([*PHOTOZ, "stream=false"])], capsys)
     assert code == 0, err
     code, _, err = run_main(["train", "photoz", "--data", str(ds), "--run-dir", str(tmp_path / "disk"),
                              "--no-evaluate", *set_args(PHOTOZ)], capsys)
@@ -126,12 +126,46 @@ def test_data_errors_are_one_line(converted, tmp_path, capsys):
     code, _, err = run_main(["train", "spectra", "--data", str(converted / "ds"), "--run-dir", str(tmp_path / "r")],
                             capsys)
     assert code == 2 and "was converted for task 'photoz', not 'spectra'" in err, err
-    code, _, err = run_main(["train", "morphology", "--data", str(tmp_path), "--run-dir", str(tmp_path / "r")], capsys)
-    assert code == 2 and "task 'morphology' reads no user files yet" in err, err
     code, _, err = run_main(["data", "info", str(tmp_path)], capsys)
     assert code == 2 and "not a converted dataset (no manifest.json)" in err, err
     code, _, err = run_main(["data", "convert", "photoz", "--out", str(converted / "ds")], capsys)
     assert code == 2 and "already exists" in err, err
+
+
+def test_bundled_and_user_data_stream_through_one_cache(tmp_path, monkeypatch):
+    """Without --data, a task's data (bundled or data.path) is converted into the dataset cache
+    at first use and streamed; the key follows the data settings and the input files."""
+    from astroflax.config import build_config
+    from astroflax.data.store import cache_path, load_dataset
+    from astroflax.tasks import get_task
+
+    monkeypatch.setenv("ASTROFLAX_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = build_config("photoz", None, None, [])
+    first = load_dataset(cfg)
+    directory = cache_path(cfg, get_task("photoz"))
+    assert isinstance(first.splits["train"], StoredSplit) and directory.parent == tmp_path / "cache" / "datasets"
+    manifest = read_manifest(directory)
+    assert first.version == manifest["content_hash"] and first.info["dataset"]["path"] == str(directory.resolve())
+    stamp = (directory / "manifest.json").stat().st_mtime_ns
+    again = load_dataset(cfg)  # reused, not rewritten
+    assert again.version == first.version and (directory / "manifest.json").stat().st_mtime_ns == stamp
+    memory = load_dataset(build_config("photoz", None, None, ["stream=false"]))
+    assert isinstance(memory.splits["train"], dict)
+    for key, values in memory.splits["test"].items():
+        assert np.array_equal(first.splits["test"][key], values), key
+    other = build_config("photoz", None, None, ["data.use_errors=true"])
+    assert cache_path(other, get_task("photoz")) != directory
+    # A damaged cache entry is converted again rather than failing the run.
+    (directory / manifest["splits"]["val"]["shards"][0]["file"]).unlink()
+    assert load_dataset(cfg).version == first.version and is_store(directory)
+    # data.path: a changed input file is a new cache entry.
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "a.csv").write_text("x\n1\n")
+    cfg_user = build_config("transients", None, None, [f"data.path={user}"])
+    key = cache_path(cfg_user, get_task("transients"))
+    (user / "a.csv").write_text("x\n1\n2\n")
+    assert cache_path(cfg_user, get_task("transients")) != key
 
 
 @pytest.mark.slow  # a real process killed with SIGKILL mid-run, resumed from the streamed dataset

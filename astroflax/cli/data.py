@@ -14,14 +14,15 @@ data_app = typer.Typer(no_args_is_help=True, help="Converted datasets: sharded A
 
 
 def data_path_override(task: str, path: str) -> str:
-    """``--data PATH`` for a task's own readers: ``data.path``, where the task reads user data."""
+    """``--data PATH`` for a task's own readers: ``data.path`` (absolute, so that ``--resume``
+    and ``evaluate`` from another directory read the same files)."""
     from astroflax.tasks import get_task
 
     t = get_task(task)
     if "path" not in t.data_config.model_fields:
         raise ConfigError(f"--data {path}: task {task!r} reads no user files yet; give a dataset converted with "
                           "`astroflax data convert`, or use its bundled data")
-    return f"data.path={path}"
+    return f"data.path={Path(path).absolute()}"
 
 
 @data_app.command("convert")

@@ -137,17 +137,19 @@ class DatasetWriter:
     name until ``close()`` has written the manifest (a crash leaves only a temporary directory)."""
 
     def __init__(self, out_dir: str | Path, task: str, *, shard_bytes: int = DEFAULT_SHARD_BYTES,
-                 overwrite: bool = False):
+                 overwrite: bool = False, keep_existing: bool = False):
         from array_record.python.array_record_module import ArrayRecordWriter
 
         self._writer_cls = ArrayRecordWriter
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not overwrite:
+        if self.out_dir.exists() and not overwrite and not keep_existing:
             raise ConfigError(f"--out {self.out_dir}: already exists; choose a new directory")
         self.tmp = self.out_dir.with_name(f".{self.out_dir.name}.partial-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         self.task, self.shard_bytes = task, shard_bytes
+        # keep_existing: another process that wrote the same dataset first wins (the cache).
+        self.keep_existing = keep_existing
         self.schema: list[Field] | None = None
         self._hash = hashlib.sha256()
         self._splits: dict[str, dict[str, Any]] = {}
@@ -221,8 +223,16 @@ class DatasetWriter:
         }
         (self.tmp / MANIFEST).write_text(json.dumps(_json_safe(manifest), indent=1))
         if self.out_dir.exists():
+            if self.keep_existing:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return self.out_dir
             shutil.rmtree(self.out_dir)
-        os.replace(self.tmp, self.out_dir)
+        try:
+            os.replace(self.tmp, self.out_dir)
+        except OSError:
+            if not (self.keep_existing and is_store(self.out_dir)):  # lost a race to an identical write
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)
         return self.out_dir
 
     def abort(self) -> None:
@@ -385,12 +395,94 @@ def open_store(directory: str | Path, task_name: str) -> Any:
 
 
 def load_dataset(cfg: Any) -> Any:
-    """The data of a run: the converted dataset ``cfg.dataset`` when set, else the task's own loading."""
+    """The data of a run, always as a converted dataset streamed from disk (one data path).
+
+    ``cfg.dataset`` when set; otherwise the task's own data (bundled, or the user's
+    ``data.path``) converted at first use into ``cache_dir()/datasets/<task>-<key>``, where
+    the key hashes the task, its data section, the input files (paths, sizes, modification
+    times) and the source of the data code, so a changed input, setting or reader makes a
+    new one. ``stream: false`` or ``data.cache: false`` (tasks that have it) keeps the data in
+    memory instead, as does a cache that cannot be written (a full or read-only disk is not an
+    error).
+    """
     if getattr(cfg, "dataset", None):
         return open_store(cfg.dataset, cfg.task)
     from astroflax.tasks import get_task
 
-    return get_task(cfg.task).load_data(cfg)
+    task = get_task(cfg.task)
+    if not getattr(cfg, "stream", True) or getattr(cfg.data, "cache", True) is False:
+        return task.load_data(cfg)
+    directory = cache_path(cfg, task)
+    if is_store(directory):
+        try:
+            return open_store(directory, task.name)
+        except DataError:  # damaged (e.g. a shard deleted by hand): convert again
+            shutil.rmtree(directory, ignore_errors=True)
+    dataset = task.load_data(cfg)
+    try:
+        write_dataset(dataset, cfg, directory, keep_existing=True)
+    except OSError as exc:
+        warnings.warn(f"cannot write the dataset cache {directory} ({exc}); training from memory", stacklevel=2)
+        return dataset
+    return open_store(directory, task.name)
+
+
+def cache_path(cfg: Any, task: Any) -> Path:
+    """Where :func:`load_dataset` keeps the converted data of ``cfg``."""
+    from astroflax.data.cache import content_hash
+    from astroflax.runtime import cache_dir
+
+    data = cfg.data.model_dump(mode="json")
+    key = content_hash(FORMAT, task.name, data, _input_fingerprint(data.get("path")), _code_fingerprint(task))
+    return cache_dir() / "datasets" / f"{task.name}-{key}"
+
+
+def _input_fingerprint(path: str | None) -> list[Any]:
+    """(relative path, size, mtime) of the input file or of every file under the input folder."""
+    if not path:
+        return []
+    root = Path(path)
+    if root.is_file():
+        st = root.stat()
+        return [[str(root.resolve()), st.st_size, st.st_mtime_ns]]
+    if not root.is_dir():
+        return [str(root)]  # the task's reader reports the missing path
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [str(root.resolve())] + [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _code_fingerprint(task: Any) -> str:
+    """Hash of the source of the data readers and of the task's module: an edited reader must
+    not be served data converted by the old one."""
+    import inspect
+
+    from astroflax.data.cache import content_hash
+
+    files = sorted(Path(__file__).parent.glob("*.py"))
+    module = inspect.getsourcefile(task.load_data)
+    if module:
+        files.append(Path(module))
+    return content_hash(*[f.read_bytes() for f in files])
+
+
+def write_dataset(dataset: Any, cfg: Any, out_dir: str | Path, *, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                  chunk: int = 4096, input_path: str | None = None, keep_existing: bool = False) -> Path:
+    """Write a loaded :class:`~astroflax.tasks.base.Dataset` as a converted dataset."""
+    writer = DatasetWriter(out_dir, cfg.task, shard_bytes=shard_bytes, keep_existing=keep_existing)
+    try:
+        for split in SPLITS:
+            arrays = dataset.splits.get(split)
+            if arrays is None:
+                continue
+            n = split_rows(arrays)
+            for start in range(0, n, chunk):
+                writer.add(split, {k: np.asarray(v[start:start + chunk]) for k, v in arrays.items()})
+        source = {"input": input_path or getattr(cfg.data, "path", None), "data": cfg.data.model_dump(mode="json"),
+                  "task_version": dataset.version}
+        return writer.close(dataset.info, source)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def convert(cfg: Any, out_dir: str | Path, *, shard_bytes: int = DEFAULT_SHARD_BYTES, chunk: int = 4096,
@@ -400,20 +492,6 @@ def convert(cfg: Any, out_dir: str | Path, *, shard_bytes: int = DEFAULT_SHARD_B
     run trained on the dataset records what it was made from."""
     from astroflax.tasks import get_task
 
-    task = get_task(cfg.task)
-    dataset = task.load_data(cfg)
-    writer = DatasetWriter(out_dir, task.name, shard_bytes=shard_bytes)
-    try:
-        for split in SPLITS:
-            arrays = dataset.splits.get(split)
-            if arrays is None:
-                continue
-            n = split_rows(arrays)
-            for start in range(0, n, chunk):
-                writer.add(split, {k: np.asarray(v[start:start + chunk]) for k, v in arrays.items()})
-        source = {"input": input_path, "data": cfg.data.model_dump(mode="json"), "task_version": dataset.version}
-        path = writer.close(dataset.info, source)
-    except BaseException:
-        writer.abort()
-        raise
+    dataset = get_task(cfg.task).load_data(cfg)
+    path = write_dataset(dataset, cfg, out_dir, shard_bytes=shard_bytes, chunk=chunk, input_path=input_path)
     return read_manifest(path)
