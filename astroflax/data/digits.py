@@ -129,22 +129,67 @@ def flat_pixels(images: np.ndarray, binarize: str = "none") -> np.ndarray:
 
 
 def write_digit_grid(rows: Sequence[np.ndarray], path: str | Path, scale: int = 2, pad: int = 2) -> Path:
-    """PNG of digit tiles: one grid row per entry of ``rows`` (each (k, 28, 28), values in [0, 1]).
+    """PNG of image tiles: one grid row per entry of ``rows`` (each (k, h, w) grey or (k, h, w, 3)
+    colour, values in [0, 1]; digits are 28x28).
 
-    Size is exact: width = C*28*scale + (C+1)*pad, height = R*28*scale + (R+1)*pad, where C is
+    Size is exact: width = C*w*scale + (C+1)*pad, height = R*h*scale + (R+1)*pad, where C is
     the longest row; missing tiles and the gaps are mid-grey.
     """
     from matplotlib.image import imsave
 
-    h, w = IMAGE_SHAPE[0] * scale, IMAGE_SHAPE[1] * scale
-    ncols = max(len(r) for r in rows)
-    canvas = np.full((len(rows) * h + (len(rows) + 1) * pad, ncols * w + (ncols + 1) * pad), 0.5, np.float32)
+    tile_shape = next((np.asarray(r).shape[1:] for r in rows if len(r)), IMAGE_SHAPE)
+    h, w = tile_shape[0] * scale, tile_shape[1] * scale
+    extra = tuple(tile_shape[2:])
+    ncols = max(1, max(len(r) for r in rows))
+    canvas = np.full((len(rows) * h + (len(rows) + 1) * pad, ncols * w + (ncols + 1) * pad, *extra), 0.5, np.float32)
     for i, row in enumerate(rows):
         for j, img in enumerate(np.asarray(row, np.float32)):
-            tile = np.kron(np.clip(img, 0.0, 1.0), np.ones((scale, scale), np.float32))
+            tile = np.kron(np.clip(img, 0.0, 1.0), np.ones((scale, scale, *(1,) * len(extra)), np.float32))
             y0, x0 = pad + i * (h + pad), pad + j * (w + pad)
             canvas[y0:y0 + h, x0:x0 + w] = tile
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     imsave(out, canvas, cmap="gray", vmin=0.0, vmax=1.0, format="png")
     return out
+
+
+def is_headerless(path: str | Path) -> bool:
+    """True when the first line of a text table is all numbers (the MNIST CSV layout has no header)."""
+    path = Path(path)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", errors="replace") as fh:
+            first = fh.readline()
+    except (OSError, EOFError):
+        return False
+    cells = [c.strip() for c in first.split(",")]
+    return len(cells) > 1 and all(c.lstrip("+-").replace(".", "", 1).isdigit() for c in cells)
+
+
+def read_pixel_table(tab, label_column: str = "label") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A table with a header: one row per image, a label column and one column per pixel (0-255),
+    e.g. Kaggle's ``label, pixel0 ... pixel783``. Returns (uint8 images (N, s, s), raw labels,
+    pixel column names); the image side s is the square root of the number of pixel columns."""
+    import math
+
+    from astroflax.data.checks import show_value
+
+    df = tab.df
+    lc = label_column.lower()
+    if lc not in df.columns:
+        raise DataError(f"{tab.path}: no label column {label_column!r} (data.label_column) and no image file column; "
+                        "expected a table of pixel columns plus a label column, or of image files")
+    pix_cols = [c for c in df.columns if c not in (lc, "split", "id", "object_id")]
+    side = math.isqrt(len(pix_cols))
+    if side * side != len(pix_cols) or side < 8:
+        raise DataError(f"{tab.path}: {len(pix_cols)} pixel columns (all but {label_column!r}, split, id); expected a "
+                        "square image of at least 8x8 (e.g. 784 = 28x28)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        v = df[pix_cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(v) | (v < 0) | (v > 255) | (v != np.round(v))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise tab.fail(pix_cols[c], int(r), f"expected an integer pixel value 0-255, got "
+                                             f"{show_value(df[pix_cols[c]].iloc[r])}", int(bad.any(axis=1).sum()))
+    return v.astype(np.uint8).reshape(-1, side, side), df[lc].to_numpy(object), pix_cols

@@ -7,6 +7,9 @@ first pass through a survey-composite imitation (display stretch, blurred colour
 because real cutouts arrive that way. The 21 Galaxy Zoo cutouts bundled with the package are never
 trained on or scored; the evaluation report runs them through the evaluated run as a real-image
 smoke test: smooth (E/S0) vs featured (Sa/Sb/Sc/Irr) against the Galaxy Zoo vote majority.
+User data (``data.path``, see ``docs/user_data/morphology.md``): an ImageFolder, a table of image
+files with a label or vote-fraction columns (soft labels), or a Galaxy10-layout HDF5 file; read by
+:func:`astroflax.data.images.load_user_images`, classes and bands from the data.
 Model: :class:`~astroflax.models.cnn.SmallCNN` with BatchNorm, trained with on-device augmentation
 from the step key (:func:`~astroflax.models.cnn.augment_images`): random 90-degree rotations and
 flips (optionally small-angle rotations), per-band gains and random desaturation, so that colour
@@ -22,11 +25,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from pydantic import Field, model_validator
 
 from astroflax.data import galaxy_render as gr
 from astroflax.data import images as im
+from astroflax.data.cache import content_hash
+from astroflax.data.splits import indices_from_codes
 from astroflax.errors import ConfigError
 from astroflax.models.cnn import SmallCNN, augment_images
 from astroflax.tasks import classify
@@ -42,7 +49,23 @@ SMOKE_NOTE = (
 
 
 class MorphologyData(Section):
+    path: str | None = Field(
+        None, description="user images: an ImageFolder (one subfolder per class, optionally under train/val/test), a "
+        "table (CSV/TSV/Parquet/FITS...) of image files with a label or vote columns, or a Galaxy10 HDF5 file; "
+        "null = rendered galaxies")
     image_size: int = Field(64, ge=16, le=256, description="rendered/model image side in pixels (square, 3 bands g, r, i)")
+    split_seed: int = Field(20240612, description="seed of the stratified 70/10/20 split of user images without a split")
+    label_column: str = Field("label", description="user table: column with each image's class")
+    file_column: str = Field("file", description="user table: column with each image's file (relative to the table "
+                             "or data.image_dir)")
+    vote_columns: list[str] = Field(
+        [], description="user table: vote counts/fractions, one column per class (soft labels; class = argmax)")
+    class_names: list[str] = Field(
+        [], description="user data: class names for integer labels (index = label) or the class order of text "
+        "labels / folders; with vote_columns, one name per vote column")
+    image_dir: str | None = Field(None, description="user table: folder that relative file names are read from")
+    skip_unreadable: bool = Field(
+        False, description="drop (and record) unreadable/invalid user image files instead of failing on the first")
     train_per_class: int = Field(1500, ge=8, description="rendered training galaxies per class")
     val_per_class: int = Field(150, ge=2, description="rendered validation galaxies per class")
     test_per_class: int = Field(300, ge=2, description="rendered test galaxies per class")
@@ -68,7 +91,7 @@ class MorphologyData(Section):
     cache: bool = Field(True, description="cache the rendered set on disk under the user cache dir")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "MorphologyData":
+    def _ranges(self) -> MorphologyData:
         if self.psf_fwhm_min > self.psf_fwhm_max:
             raise ValueError(f"psf_fwhm_min = {self.psf_fwhm_min} must be <= psf_fwhm_max = {self.psf_fwhm_max}")
         if self.mag_min > self.mag_max:
@@ -102,6 +125,8 @@ def render_config(d: MorphologyData) -> gr.RenderConfig:
 
 def load_data(cfg) -> Dataset:
     d = cfg.data
+    if d.path:
+        return _load_user(d)
     per_class = {"train": d.train_per_class, "val": d.val_per_class, "test": d.test_per_class}
     splits, key = gr.rendered_splits(render_config(d), per_class, d.seed, d.softening, d.softening_jitter,
                                      d.display_fraction, cache=d.cache)
@@ -116,10 +141,36 @@ def load_data(cfg) -> Dataset:
         "crop": d.crop,
         "render_config": dataclasses.asdict(render_config(d)),
         "render_key": key,
-        "split_sizes": {s: int(len(a["label"])) for s, a in splits.items()},
+        "split_sizes": {s: len(a["label"]) for s, a in splits.items()},
         "class_counts": {s: np.bincount(a["label"], minlength=k).tolist() for s, a in splits.items()},
     }
     return Dataset(splits=splits, info=info, version=f"render-{key}")
+
+
+def _load_user(d: MorphologyData) -> Dataset:
+    """The user's images, normalised like rendered ones; vote fractions become ``soft_label``."""
+    u = im.load_user_images(d.path, im.options_from(d))
+    with np.errstate(over="ignore", invalid="ignore"):
+        images = im.normalise(u.images, d.softening)
+    im.require_finite(images, u.ids)
+    codes, info = im.split_user_images(u, d.path, d.split_seed)
+    arrays = {"image": images, "label": u.labels, "object_id": u.rows}
+    if u.soft is not None:
+        arrays["soft_label"] = u.soft
+    splits = {name: {k: v[idx] for k, v in arrays.items()} for name, idx in indices_from_codes(codes).items()}
+    info.update({
+        "class_names": u.class_names,
+        "num_classes": len(u.class_names),
+        "channels": u.channels,
+        "bands": im.band_names(u),
+        "image_size": d.image_size,
+        "softening": d.softening,
+        "crop": d.crop,
+        "soft_labels": u.soft is not None,
+    })
+    settings = d.model_dump(mode="json", exclude={"path"})
+    version = content_hash(images, u.labels, u.soft if u.soft is not None else b"", codes, settings)
+    return Dataset(splits=splits, info=info, version=f"user-{version}")
 
 
 def build_model(cfg, info: dict, rngs) -> SmallCNN:
@@ -128,7 +179,7 @@ def build_model(cfg, info: dict, rngs) -> SmallCNN:
         raise ConfigError(
             f"config key 'model.space_to_depth' = {m.space_to_depth}: must divide data.image_size = {info['image_size']}"
         )
-    return SmallCNN(3, info["num_classes"], widths=tuple(m.widths), blocks=m.blocks, dropout=m.dropout,
+    return SmallCNN(info.get("channels", 3), info["num_classes"], widths=tuple(m.widths), blocks=m.blocks, dropout=m.dropout,
                     bn_momentum=m.bn_momentum, space_to_depth=m.space_to_depth, rngs=rngs)
 
 
@@ -150,6 +201,28 @@ def make_logits_fn(cfg, info: dict):
         return model(x, train=train, rng=jax.random.fold_in(rng, 13) if train else None)
 
     return logits
+
+
+def make_loss_fn(cfg, info: dict):
+    """Cross-entropy against the normalised vote fractions (``soft_label``) when the data have
+    them, else the usual weighted cross-entropy on the hard label; accuracy uses the hard label."""
+    forward = make_logits_fn(cfg, info)
+
+    def loss_fn(model, batch, rng, train):
+        logits = forward(model, batch, train, rng)
+        if "soft_label" not in batch:
+            return classify.weighted_cross_entropy(logits, batch)
+        targets = batch["soft_label"]
+        smoothing = batch.get("_label_smoothing", 0.0)
+        if smoothing:
+            targets = optax.smooth_labels(targets, smoothing)
+        per_example = optax.softmax_cross_entropy(logits, targets)
+        w = jnp.broadcast_to(jnp.asarray(batch.get("_weight", 1.0), jnp.float32), per_example.shape)
+        loss = jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1e-9)
+        accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+        return loss, {"accuracy": accuracy}
+
+    return loss_fn
 
 
 def smooth_probability(probs: np.ndarray, info: dict) -> np.ndarray:
@@ -181,7 +254,7 @@ def galaxy_zoo_section(probs: np.ndarray, gz_index: np.ndarray, info: dict) -> d
             "artifact_majority": bool(af > max(sf, ff)) if ref is not None else None,
             "total_votes": int(gz["total_votes"][i]) if gz["total_votes"][i] >= 0 else None,
         })
-    frac = lambda a: float(np.mean(a)) if a else None  # noqa: E731
+    frac = lambda a: float(np.mean(a)) if a else None
     refs = [r["reference_call"] for r in rows if r["reference_call"] is not None]
     return {
         "note": SMOKE_NOTE,
@@ -206,6 +279,9 @@ def galaxy_zoo_inputs(info: dict) -> dict[str, np.ndarray]:
 def report(probs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any = None) -> dict[str, Any]:
     """The classification report, plus the Galaxy Zoo smoke test predicted by ``run`` (when given)."""
     rep = classify.report(probs, arrays, info, out_dir)
+    if "smooth_classes" not in info:  # the user's own classes: the Galaxy Zoo smooth/featured test does not apply
+        rep["data"] = f"user images: {info['source']['path']} ({info['source']['format']})"
+        return rep
     rep["data"] = "rendered galaxies (astroflax.data.galaxy_render)"
     if run is None:
         rep["galaxy_zoo_smoke"] = {"note": SMOKE_NOTE, "skipped": "no run to predict the cutouts with"}
@@ -218,14 +294,26 @@ def report(probs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any 
 
 
 def load_inputs(cfg, info: dict, path: str | Path):
-    """PNG/JPEG/FITS file or folder -> model inputs; ids are the file names."""
-    images, names = im.load_images(path, info["image_size"], info.get("crop", 1.0), info["softening"])
-    return {"image": images, "label": np.zeros(len(names), np.int32)}, np.array(names)
+    """Images in any training layout (a file, a folder, an ImageFolder, a table, a Galaxy10 HDF5
+    file; labels optional) -> model inputs prepared as in training; ids are the files (or rows)."""
+    d = cfg.data if cfg is not None else MorphologyData()
+    user = "channels" in info  # trained on user data: its bands; the rendered model reads g, r, i (grey repeated)
+    opt = im.options_from(d, size=info["image_size"], crop=info.get("crop", 1.0), labels_required=False,
+                          class_names=tuple(info["class_names"]) if user else (), channels=info.get("channels", 3),
+                          replicate_grey=not user, skip_unreadable=False)
+    u = im.load_user_images(path, opt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        images = im.normalise(u.images, info["softening"])
+    im.require_finite(images, u.ids)
+    labels = u.labels if u.labels is not None and user else np.zeros(len(u.ids), np.int32)
+    return {"image": images, "label": labels}, np.array(u.ids)
 
 
 def format_predictions(probs: np.ndarray, ids: np.ndarray, info: dict) -> list[dict[str, Any]]:
     """Class rows with the smooth/featured call up front (E + S0 probability >= 0.5 = smooth)."""
     rows = classify.format_predictions(probs, ids, info, id_name="file")
+    if "smooth_classes" not in info:
+        return rows
     for row, ps in zip(rows, smooth_probability(probs, info)):
         row["smooth_or_featured"] = "smooth" if ps >= 0.5 else "featured"
         row["p_smooth"] = float(ps)
@@ -242,6 +330,7 @@ TASK = classification_task(
     make_logits_fn=make_logits_fn,
     stochastic=False,  # BatchNorm: no MC-dropout
     report=report,
+    make_loss_fn=make_loss_fn,
     load_inputs=load_inputs,
     format_predictions=format_predictions,
     targets={"accuracy": (">=", 0.90), "ece": ("<=", 0.03)},

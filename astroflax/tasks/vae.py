@@ -7,12 +7,18 @@ default, ``model.prior``), with an optional linear ramp of the KL weight. Evalua
 ELBO in nats per image and the *conditional accuracy*: the fraction of digits generated for
 a requested class that an independently trained CNN (the ``digits`` task) assigns to it.
 
+User data (``data.path``, see ``docs/user_data/vae.md``): the image layouts of the ``morphology``
+task (ImageFolder, table of image files, Galaxy10 HDF5) with the class as the condition, or a
+table of pixel rows plus a label (the MNIST CSV layout); images are converted to ``data.image_size``
+and ``data.channels`` and scaled to [0, 1]. The digit judge only scores 28x28 digit data (classes 0-9).
+
 Prediction derives its random keys from each image's ``example_id``, so evaluation is
 deterministic and needs no RNG state. Presets: ``presets/vae.yaml``.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,9 +27,23 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import Field
 
-from astroflax.data.digits import (CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS, flat_pixels,
-                                   load_bundled_mnist, read_digit_csv, write_digit_grid)
+from astroflax.data import images as im
+from astroflax.data.cache import content_hash
+from astroflax.data.digits import (
+    CLASS_NAMES,
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    NUM_PIXELS,
+    flat_pixels,
+    is_headerless,
+    load_bundled_mnist,
+    read_digit_csv,
+    read_pixel_table,
+    write_digit_grid,
+)
 from astroflax.data.splits import indices_from_codes
+from astroflax.data.tables import DropLog
+from astroflax.errors import DataError
 from astroflax.models.vae import ConditionalVAE, bernoulli_nll, gaussian_kl, log_normal
 from astroflax.tasks.base import Dataset, LossFn, PredictFn, Section
 from astroflax.tasks.builders import task
@@ -34,6 +54,19 @@ CLASSIFIER_DIR = "digit_classifier"  # <run_dir>/eval/<this>/classifier.json: th
 
 
 class VAEData(Section):
+    path: str | None = Field(
+        None, description="user images with a conditioning label: ImageFolder, table of image files, Galaxy10 HDF5, "
+        "or a table of pixel rows + label (MNIST CSV layout); null = the bundled MNIST digits")
+    image_size: int = Field(28, ge=8, le=128, description="user images: side in pixels the images are resized to")
+    channels: Literal[1, 3] = Field(1, description="user images: 1 = grey (mean of the bands), 3 = three bands")
+    crop: float = Field(1.0, gt=0, le=1, description="user images: centre-crop fraction of the shorter side before resizing")
+    label_column: str = Field("label", description="user table: the conditioning label column")
+    file_column: str = Field("file", description="user table of image files: the file column")
+    class_names: list[str] = Field([], description="user data: names of integer labels (index = label) or the "
+                                   "order of text labels / folders")
+    image_dir: str | None = Field(None, description="user table: folder that relative file names are read from")
+    skip_unreadable: bool = Field(False, description="drop (and record) unreadable user image files instead of failing")
+    split_seed: int = Field(20140102, description="seed of the stratified 70/10/20 split of user data without a split")
     binarize: Literal["threshold", "none"] = Field(
         "threshold", description="threshold: pixel >= 128 -> 1 (a proper Bernoulli likelihood, ELBO in nats); "
         "none: grey levels / 255 as soft targets")
@@ -59,7 +92,70 @@ def _arrays(images: np.ndarray, labels: np.ndarray, ids: np.ndarray, binarize: s
     return {"x": flat_pixels(images, binarize), "label": labels.astype(np.int32), "example_id": ids.astype(np.int32)}
 
 
+def _pixel_table_images(path: Path, opt: im.ImageOptions) -> im.UserImages | None:
+    """A table of pixel rows (headerless MNIST layout, or a header with a label column and one
+    column per pixel) as grey 8-bit images at model size; None when ``path`` is not one."""
+    from astroflax.data.tables import Table, parse_split, table_suffix
+
+    if not path.is_file() or not table_suffix(path) or path.name.lower().endswith(im.HDF5_SUFFIXES):
+        return None
+    split = None
+    if table_suffix(path) in (".csv", ".csv.gz") and is_headerless(path):
+        images, raw = read_digit_csv(path)
+        labels, names, _ = im.class_index(raw, opt.class_names, lambda pos, msg, nb: DataError(
+            f"{path}: row {pos + 1}, column {NUM_PIXELS + 1} (label): {msg}"))
+        fmt = "CSV of pixel rows (MNIST layout: 784 pixels then the label, no header)"
+    else:
+        tab = Table(path)
+        if opt.file_column.lower() in tab.df.columns or any(a in tab.df.columns for a in im.FILE_ALIASES):
+            return None
+        images, raw, _ = read_pixel_table(tab, opt.label_column)
+        lc = opt.label_column.lower()
+        labels, names, _ = im.class_index(raw, opt.class_names, lambda pos, msg, nb: tab.fail(lc, pos, msg, nb))
+        split = parse_split(tab)
+        fmt = f"table of pixel rows ({table_suffix(path).lstrip('.')}, label column {opt.label_column!r})"
+    n = len(labels)
+    x = np.stack([im.to_model_size(a[..., None].astype(np.float32), opt.size, opt.crop) for a in images])
+    return im.UserImages(images=x, full_scale=np.full(n, 255.0), labels=labels, soft=None, class_names=names,
+                         ids=[f"row {i + 1}" for i in range(n)], rows=np.arange(n, dtype=np.int64), split=split,
+                         split_source="the 'split' column" if split is not None else None, fmt=fmt, rows_read=n,
+                         dropped=DropLog())
+
+
+def _read_user(path: str | Path, opt: im.ImageOptions) -> im.UserImages:
+    return _pixel_table_images(Path(path), opt) or im.load_user_images(path, opt)
+
+
+def _user_pixels(u: im.UserImages, d: VAEData) -> tuple[np.ndarray, list[int]]:
+    """Images -> flat [0, 1] pixels with ``data.channels`` bands (grey = mean of the bands), binarized as configured."""
+    x = im.unit_scale(u.images, u.full_scale)
+    c = x.shape[-1]
+    if d.channels == 1 and c > 1:
+        x = x.mean(axis=-1, keepdims=True)
+    elif d.channels == 3 and c == 1:
+        x = np.repeat(x, 3, axis=-1)
+    elif c != d.channels:
+        raise DataError(f"{u.ids[0]}: image has {c} bands; data.channels = {d.channels} needs 1 or 3 bands")
+    shape = [d.image_size, d.image_size] + ([3] if d.channels == 3 else [])
+    flat = x.reshape(len(x), -1)
+    return ((flat > 0.5).astype(np.float32) if d.binarize == "threshold" else flat.astype(np.float32)), shape
+
+
+def _load_user(d: VAEData) -> Dataset:
+    u = _read_user(d.path, im.options_from(d))
+    x, shape = _user_pixels(u, d)
+    codes, info = im.split_user_images(u, d.path, d.split_seed)
+    arrays = {"x": x, "label": u.labels.astype(np.int32), "example_id": u.rows.astype(np.int32)}
+    splits = {name: {k: v[idx] for k, v in arrays.items()} for name, idx in indices_from_codes(codes).items()}
+    info.update({"class_names": u.class_names, "num_classes": len(u.class_names), "image_shape": shape,
+                 "num_pixels": int(x.shape[1]), "binarize": d.binarize})
+    version = content_hash(x, arrays["label"], codes, d.model_dump(mode="json", exclude={"path"}))
+    return Dataset(splits=splits, info=info, version=f"user-{version}")
+
+
 def load_data(cfg: Any) -> Dataset:
+    if cfg.data.path:
+        return _load_user(cfg.data)
     binarize = cfg.data.binarize
     d = load_bundled_mnist()
     splits = {name: _arrays(d["image"][idx], d["label"][idx], d["source_row"][idx], binarize)
@@ -78,7 +174,7 @@ def load_data(cfg: Any) -> Dataset:
 
 def build_model(cfg, info: dict, rngs) -> ConditionalVAE:
     m = cfg.model
-    return ConditionalVAE(NUM_PIXELS, info["num_classes"], latent_dim=m.latent_dim, hidden=m.hidden,
+    return ConditionalVAE(info.get("num_pixels", NUM_PIXELS), info["num_classes"], latent_dim=m.latent_dim, hidden=m.hidden,
                           prior=m.prior, rngs=rngs)
 
 
@@ -144,7 +240,7 @@ def make_predict_fn(cfg, info: dict) -> PredictFn:
 
 
 def output_columns(cfg, info: dict) -> list[str]:
-    return [*OUT_COLUMNS, *(f"sample_{i}" for i in range(NUM_PIXELS))]
+    return [*OUT_COLUMNS, *(f"sample_{i}" for i in range(info.get("num_pixels", NUM_PIXELS)))]
 
 
 def combine(outputs: list[np.ndarray], info: dict) -> np.ndarray:
@@ -165,22 +261,32 @@ def combine(outputs: list[np.ndarray], info: dict) -> np.ndarray:
     return out.astype(np.asarray(outputs[0]).dtype)
 
 
+def image_shape_of(num_pixels: int) -> tuple[int, ...]:
+    """(s, s) for s*s pixels (grey), else (s, s, 3): the shape of a model's generated images."""
+    s = math.isqrt(num_pixels)
+    if s * s == num_pixels:
+        return (s, s)
+    s = math.isqrt(num_pixels // 3)
+    return (s, s, 3)
+
+
 def sample_digits(model: ConditionalVAE, labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Generated digits (Bernoulli means in [0, 1]) for each requested label: (N, 28, 28)."""
+    """Generated images (Bernoulli means in [0, 1]) for each requested label: (N, 28, 28) for digits."""
     labels = jnp.asarray(labels, jnp.int32)
     z = model.sample_latent(labels, jax.random.key(seed))
-    return np.asarray(jax.nn.sigmoid(model.generate(z, labels))).reshape(-1, *IMAGE_SHAPE)
+    return np.asarray(jax.nn.sigmoid(model.generate(z, labels))).reshape(-1, *image_shape_of(model.num_pixels))
 
 
-def _split_outputs(outputs: np.ndarray) -> dict[str, np.ndarray]:
+def _split_outputs(outputs: np.ndarray, info: dict | None = None) -> dict[str, np.ndarray]:
     cols = {name: outputs[:, i].astype(np.float64) for i, name in enumerate(OUT_COLUMNS)}
-    cols["samples"] = outputs[:, len(OUT_COLUMNS):].reshape(-1, *IMAGE_SHAPE)
+    shape = tuple((info or {}).get("image_shape", IMAGE_SHAPE))
+    cols["samples"] = outputs[:, len(OUT_COLUMNS):].reshape(-1, *shape)
     return cols
 
 
 def score(outputs: np.ndarray, arrays: dict, info: dict) -> dict[str, Any]:
     """``loss`` = mean negative ELBO (beta = 1) per image on the split, in nats."""
-    o = _split_outputs(outputs)
+    o = _split_outputs(outputs, info)
     return {"loss": float(np.mean(o["recon"] + o["kl"])), "recon": float(np.mean(o["recon"])),
             "kl": float(np.mean(o["kl"])), "nll_iwae": float(np.mean(o["nll_iwae"]))}
 
@@ -193,9 +299,11 @@ def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: An
     from astroflax.tasks import digits as digits_task
 
     m = run.cfg.model if run is not None else VAEModel()
-    o = _split_outputs(outputs)
+    o = _split_outputs(outputs, info)
     labels = np.asarray(arrays["label"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    if list(info.get("image_shape", IMAGE_SHAPE)) != list(IMAGE_SHAPE) or list(info["class_names"]) != CLASS_NAMES:
+        return _report_without_judge(o, labels, info, out_dir)
     judge, note = digits_task.judge(m.eval_classifier_steps, m.eval_classifier_seed, out_dir.parent / CLASSIFIER_DIR)
     probs = judge.predict({"image": o["samples"].astype(np.float32)})
     cond_acc = float(np.mean(probs.argmax(-1) == labels))
@@ -227,8 +335,34 @@ def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: An
     return rep
 
 
+def _report_without_judge(o: dict, labels: np.ndarray, info: dict, out_dir: Path) -> dict[str, Any]:
+    """User data that are not 28x28 digits 0-9: the ELBO figures and a sample grid; no conditional
+    accuracy (the digit judge cannot judge other images, and none is trained for them)."""
+    neg_elbo = o["recon"] + o["kl"]
+    present = [(c, name) for c, name in enumerate(info["class_names"]) if np.any(labels == c)]
+    grid = write_digit_grid([o["samples"][labels == c][:10] for c, _ in present], out_dir / "samples.png")
+    return {
+        "elbo": float(-np.mean(neg_elbo)), "elbo_std": float(np.std(neg_elbo)), "recon": float(np.mean(o["recon"])),
+        "kl": float(np.mean(o["kl"])), "log_likelihood_iwae": float(-np.mean(o["nll_iwae"])),
+        "elbo_units": "nats per image (Bernoulli likelihood of the pixels scaled to [0, 1])",
+        "num_images": len(labels),
+        "samples_per_class": {name: int(np.sum(labels == c)) for c, name in present},
+        "per_class_generative": {name: {"elbo": float(-np.mean(neg_elbo[labels == c])), "samples": int(np.sum(labels == c))}
+                                 for c, name in present},
+        "conditional_accuracy_skipped": "the digit judge scores 28x28 digits 0-9 only",
+        "figures": {"samples": str(grid)},
+    }
+
+
 def load_inputs(cfg, info: dict, path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """User digits in the MNIST CSV layout (784 pixels 0-255, then the class the image shows)."""
+    """Images with their class in any layout the run was trained from (the MNIST CSV layout for
+    the bundled digits): the ELBO needs the conditioning label, so it is required."""
+    if "source" in info:  # trained on user data: the same readers and conversion
+        d = cfg.data
+        u = _read_user(path, im.options_from(d, class_names=tuple(info["class_names"]), skip_unreadable=False))
+        x, _ = _user_pixels(u, d)
+        ids = np.asarray(u.rows, np.int64) + 1
+        return {"x": x, "label": u.labels.astype(np.int32), "example_id": ids.astype(np.int32)}, ids
     images, labels = read_digit_csv(path)
     ids = np.arange(1, len(labels) + 1, dtype=np.int64)  # 1-based row numbers
     return _arrays(images, labels, ids, info.get("binarize", "threshold")), ids
@@ -236,7 +370,7 @@ def load_inputs(cfg, info: dict, path: str | Path) -> tuple[dict[str, np.ndarray
 
 def format_predictions(outputs: np.ndarray, ids: np.ndarray, info: dict) -> list[dict[str, Any]]:
     """One row per image: its row, the negative ELBO and its parts (high = unusual for its class)."""
-    o = _split_outputs(outputs)
+    o = _split_outputs(outputs, info)
     return [{"row": int(i), "neg_elbo": float(r + k), "recon": float(r), "kl": float(k), "nll_iwae": float(b)}
             for i, r, k, b in zip(ids, o["recon"], o["kl"], o["nll_iwae"])]
 
