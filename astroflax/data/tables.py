@@ -96,7 +96,7 @@ class Table:
         except DataError:
             raise
         except pd.errors.EmptyDataError:
-            raise DataError(f"{path}: the file is empty; expected a table with a header line") from None
+            raise DataError(f"{path}: cannot read table: the file is empty; expected a table with a header line") from None
         except Exception as exc:
             raise DataError(f"{path}: cannot read table: {first_line(exc)}") from exc
         df.columns = [str(c).strip().lower() for c in df.columns]

@@ -239,7 +239,7 @@ def load_forced_photometry(path: str | Path, *, class_names: list[str] | None = 
     lengths = np.array([len(o[1]) for o in objs], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     order = [np.argsort(o[1], kind="stable") for o in objs]  # time order within each object
-    cat = lambda k, dt: np.concatenate([o[k][s] for o, s in zip(objs, order)]).astype(dt)  # noqa: E731
+    cat = lambda k, dt: np.concatenate([o[k][s] for o, s in zip(objs, order)]).astype(dt)
     mjd, flux, ferr, band = cat(1, np.float64), cat(2, np.float32), cat(3, np.float32), cat(4, np.uint8)
     detected = (np.abs(flux.astype(np.float64)) / ferr >= lc.DETECTION_SNR).astype(np.uint8)
     z = np.array([o[6] for o in objs], np.float64)

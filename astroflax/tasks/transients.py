@@ -24,7 +24,11 @@ from astroflax.data.cache import content_hash
 from astroflax.data.splits import indices_from_codes
 from astroflax.data.tables import DropLog, split_codes
 from astroflax.errors import ConfigError
-from astroflax.models.lightcurve import LightCurveModelConfig, TransientClassifier, build_classifier
+from astroflax.models.lightcurve import (
+    LightCurveModelConfig,
+    TransientClassifier,
+    build_classifier,
+)
 from astroflax.tasks import classify
 from astroflax.tasks.base import Arrays, Dataset, Section
 from astroflax.tasks.builders import classification_task
@@ -113,7 +117,7 @@ def load_data(cfg) -> Dataset:
         "meta_std": meta_std.tolist(),
         "max_len": dcfg.max_len,
         "class_weights": weights.tolist(),
-        "split_sizes": {k: int(len(v["label"])) for k, v in splits.items()},
+        "split_sizes": {k: len(v["label"]) for k, v in splits.items()},
         "class_counts": {k: np.bincount(v["label"], minlength=num_classes).tolist() for k, v in splits.items()},
         "positive_class": positive if positive in lcs.class_names else None,
         "positive_key": "auc_snia",

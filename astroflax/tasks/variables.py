@@ -9,6 +9,11 @@ bands and a time encoding reaching down to 0.02 d periods. Loss/score/report: ``
 Model inputs (relative magnitudes per band, see :mod:`astroflax.data.visits`) are the same
 for simulated curves, the real ones and the user's visit tables.
 
+User data (``data.path``, ``astroflax train variables --data PATH``): a visits table plus labels,
+class names from the data; see ``docs/user_data/variables.md`` and
+:func:`astroflax.data.visits.load_labelled`. The simulated set and the real smoke rows are then
+not used.
+
 Real-data smoke test (not a performance measure -- 17 objects): the val and test splits also
 carry the 10 bundled MACHO curves (no labels) and 7 ASAS curves (Mira, Classical Cepheid,
 W UMa). They have weight 0, are excluded from every metric, and ``report`` lists their
@@ -30,10 +35,15 @@ from pydantic import Field
 
 from astroflax.data import variable_sim as vs
 from astroflax.data import visits
-from astroflax.data.lightcurves import show_value
-from astroflax.data.splits import stratified_split
+from astroflax.data.cache import content_hash
+from astroflax.data.checks import show_value
+from astroflax.data.splits import indices_from_codes, stratified_split
 from astroflax.errors import ConfigError
-from astroflax.models.lightcurve import LightCurveModelConfig, TransientClassifier, build_classifier
+from astroflax.models.lightcurve import (
+    LightCurveModelConfig,
+    TransientClassifier,
+    build_classifier,
+)
 from astroflax.tasks import classify
 from astroflax.tasks.base import Arrays, Dataset, Section
 from astroflax.tasks.builders import classification_task
@@ -42,6 +52,9 @@ CLASSES = list(vs.CLASSES)
 
 
 class VariablesData(Section):
+    path: str | None = Field(None, description="user data: a visits table with a class column, or a directory with a "
+                             "visits table and a labels table (object_id, class[, split]); null = simulated curves")
+    split_seed: int = Field(2010, description="seed of the stratified split of user data (without a split column)")
     n_per_class: int = Field(1500, ge=10, le=100_000, description="simulated objects per class (8 classes)")
     seed: int = Field(2010, description="seed of the simulated set and its train/val/test split")
     max_len: int = Field(128, ge=16, le=1024, description="visits per object at most (padded length)")
@@ -70,8 +83,33 @@ class VariablesModel(LightCurveModelConfig):
     min_period: float = Field(0.02, gt=0, description="shortest time-encoding period in days (delta Scuti ~0.02 d)")
 
 
+def _user_data(d: VariablesData) -> Dataset:
+    """The user's labelled visits (see :func:`astroflax.data.visits.load_labelled`); no real smoke rows."""
+    arrays, codes, extra = visits.load_labelled(
+        d.path, max_len=d.max_len, years=d.years, max_err=d.max_err, mode=d.normalise,
+        val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_seed=d.split_seed)
+    parts = indices_from_codes(codes)
+    splits = {name: {k: v[idx] for k, v in arrays.items()} for name, idx in parts.items()}
+    names = extra.pop("class_names")
+    k = len(names)
+    info = {
+        "class_names": names, "num_classes": k, "num_bands": len(vs.BANDS), "bands": vs.BANDS, "meta_dim": 0,
+        "max_len": d.max_len, "years": d.years, "max_err": d.max_err, "normalise": d.normalise,
+        "positive_class": None,
+        "split_sizes": {s: len(idx) for s, idx in parts.items()},
+        "class_counts": {s: np.bincount(arrays["label"][idx], minlength=k).tolist() for s, idx in parts.items()},
+        "real_objects": [],
+        **extra,
+    }
+    settings = d.model_dump(mode="json", exclude={"path", "n_per_class", "seed", "min_obs", "season_days", "real_smoke"})
+    version = content_hash(*(arrays[key] for key in sorted(arrays)), codes, names, settings, length=16)
+    return Dataset(splits=splits, info=info, version=version)
+
+
 def load_data(cfg) -> Dataset:
     d: VariablesData = cfg.data
+    if d.path:
+        return _user_data(d)
     try:
         sim, h = vs.cached_simulation(d.n_per_class, d.seed, max_len=d.max_len, min_obs=d.min_obs, years=d.years,
                                       season_days=d.season_days, max_err=d.max_err)
@@ -103,7 +141,7 @@ def load_data(cfg) -> Dataset:
         "max_err": d.max_err,
         "normalise": d.normalise,
         "positive_class": None,
-        "split_sizes": {s: int(len(idx)) for s, idx in parts.items()},
+        "split_sizes": {s: len(idx) for s, idx in parts.items()},
         "class_counts": {s: np.bincount(sim["label"][idx], minlength=k).tolist() for s, idx in parts.items()},
         "real_objects": real_objects,
     }
@@ -170,8 +208,9 @@ def report(probs: np.ndarray, arrays: Arrays, info: dict, out_dir: Path, run: An
 
 
 def load_inputs(cfg, info: dict, path: str | Path) -> tuple[Arrays, np.ndarray]:
-    """Model arrays for a visits table (see :func:`astroflax.data.visits.read_table`) and its object ids."""
-    rows, ids = visits.read_table(path)
+    """Model arrays for a visits table (see :func:`astroflax.data.visits.read_table`), or the visits
+    table of a directory laid out as for training (labels optional, ignored), and its object ids."""
+    rows, ids = visits.read_table(visits.find_visits(path)[0])
     names = [f"object_id {show_value(x)} in {path}" for x in ids]
     p = visits.pad_ragged(rows["offsets"], rows["time"], rows["mag"], rows["err"], rows["band"],
                           info["max_len"], info["years"], info["max_err"], names)
