@@ -13,10 +13,17 @@ Both models end in two heads: class logits and a regression of the spectral-type
 ``class_index + subtype / 10`` (predicted as ``3.5 + 2 * raw``, i.e. roughly standardised).
 BatchNorm runs in batch-statistics mode when ``train=True`` and on running averages otherwise.
 No RNG state is stored: dropout keys come from the explicit ``rng`` argument.
+
+Coverage mask: user spectra may cover only part of the grid, so a model built with
+``in_channels=2`` also reads ``mask`` (1 where the pixel is covered) as a second input channel,
+given as ``1 - mask`` so that a fully covered spectrum feeds exact zeros there. The bundled
+(simulated) spectra always cover the whole grid, so their models keep one channel and their
+parameters, initialisation and numbers are unchanged.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -25,7 +32,7 @@ from flax import nnx
 
 from astroflax.models.dropout import dropout, site_key
 
-__all__ = ["SpectralConvolution", "SpectrumMLP", "SpectrumCNN"]
+__all__ = ["SpectralConvolution", "SpectrumCNN", "SpectrumMLP"]
 
 SCALE_CENTRE = 3.5
 SCALE_SPREAD = 2.0
@@ -33,6 +40,16 @@ SCALE_SPREAD = 2.0
 
 def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(features, momentum=0.9, rngs=rngs)
+
+
+def _inputs(flux: jax.Array, mask: jax.Array | None, in_channels: int) -> jax.Array:
+    """``(B, P, in_channels)``: flux - 1 (normalised continuum at 0), then ``1 - mask`` if used."""
+    x = (jnp.asarray(flux, jnp.float32) - 1.0)[..., None]
+    if in_channels == 1:
+        return x
+    if mask is None:
+        raise ValueError("this model reads a coverage mask (in_channels=2): pass mask=")
+    return jnp.concatenate([x, (1.0 - jnp.asarray(mask, jnp.float32))[..., None]], axis=-1)
 
 
 
@@ -73,18 +90,22 @@ class SpectrumMLP(nnx.Module):
         hidden: Sequence[int] = (512, 256),
         dropout: float = 0.2,
         *,
+        in_channels: int = 1,
         rngs: nnx.Rngs,
     ):
-        sizes = [int(num_pixels), *map(int, hidden)]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.in_channels = int(in_channels)
+        sizes = [int(num_pixels) * self.in_channels, *map(int, hidden)]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.norms = nnx.List([_bn(b, rngs) for b in sizes[1:]])
         self.drop = nnx.Dropout(float(dropout))
         self.heads = _Heads(sizes[-1], num_classes, rngs=rngs)
 
-    def __call__(self, flux: jax.Array, *, train: bool = False, rng: jax.Array | None = None):
+    def __call__(self, flux: jax.Array, *, train: bool = False, rng: jax.Array | None = None,
+                 mask: jax.Array | None = None):
         if train and rng is None:
             raise ValueError("train=True requires an explicit `rng` key for dropout")
-        x = jnp.asarray(flux, jnp.float32) - 1.0
+        x = _inputs(flux, mask, self.in_channels)
+        x = x.reshape(x.shape[0], -1)  # pixel-major: (flux, mask) of pixel 0, then pixel 1, ...
         for i, (layer, norm) in enumerate(zip(self.layers, self.norms)):
             x = jax.nn.gelu(norm(layer(x), use_running_average=not train))
             x = dropout(self.drop, x, site_key(rng if train else None, i))
@@ -103,13 +124,15 @@ class SpectrumCNN(nnx.Module):
         hidden: int = 128,
         dropout: float = 0.2,
         *,
+        in_channels: int = 1,
         rngs: nnx.Rngs,
     ):
+        self.in_channels = int(in_channels)
         length = int(num_pixels)
         if length % (2 ** len(channels)):
             raise ValueError(f"num_pixels={length} must be divisible by 2**{len(channels)} (one pooling per stage)")
         convs, norms = [], []
-        c_in = 1
+        c_in = self.in_channels
         for c in channels:
             convs.append(SpectralConvolution(c_in, int(c), kernel_size, length, rngs=rngs))
             norms.append(_bn(int(c), rngs))
@@ -121,10 +144,11 @@ class SpectrumCNN(nnx.Module):
         self.drop = nnx.Dropout(float(dropout))
         self.heads = _Heads(int(hidden), num_classes, rngs=rngs)
 
-    def __call__(self, flux: jax.Array, *, train: bool = False, rng: jax.Array | None = None):
+    def __call__(self, flux: jax.Array, *, train: bool = False, rng: jax.Array | None = None,
+                 mask: jax.Array | None = None):
         if train and rng is None:
             raise ValueError("train=True requires an explicit `rng` key for dropout")
-        x = (jnp.asarray(flux, jnp.float32) - 1.0)[..., None]
+        x = _inputs(flux, mask, self.in_channels)
         for conv, norm in zip(self.convs, self.norms):
             x = jax.nn.gelu(norm(conv(x), use_running_average=not train))
             b, p, c = x.shape

@@ -12,11 +12,17 @@ G2 = 4.2, M6 = 6.6), regressed by a second head and returned as the extra output
 ``type_scale``; one subtype = 0.1 scale units, and subtype errors are reported in subtypes.
 Loss: cross-entropy + ``model.subtype_weight`` * Huber (or MSE) of the scale error in subtypes;
 the validation ``loss`` is the same objective with the flat-weighted log-loss.
+
+User data (``data.path``, :mod:`astroflax.data.spectra_io`, ``docs/user_data/spectra.md``): a
+folder of FITS/CSV spectra with a labels table, or one FITS/HDF5/Parquet table (or HDF5
+datasets) with a spectrum per row; resampled onto the same grid with a coverage mask that the
+model reads as a second input channel; split by a ``split`` column or stratified 70/10/20.
 Presets: ``presets/spectra.yaml``.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +32,12 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from astroflax.data import spectra as sp
+from astroflax.data import spectra_io as sio
 from astroflax.data.cache import content_hash
 from astroflax.data.spectra_synth import build_splits
-from astroflax.errors import ConfigError
+from astroflax.data.splits import SPLIT_NAMES
+from astroflax.data.tables import source_info, split_codes
+from astroflax.errors import ConfigError, DataError
 from astroflax.evaluate import classification as clf
 from astroflax.evaluate import plots
 from astroflax.models.spectra import SpectrumCNN, SpectrumMLP
@@ -44,6 +53,24 @@ TARGET_MAE_SUBTYPES = 1.5
 
 
 class SpectraData(Section):
+    path: str | None = Field(None, description="user spectra: a folder of FITS/CSV files + labels table, or one "
+                             "FITS/HDF5/Parquet table with a spectrum per row; null = simulated from bundled Pickles")
+    label_column: str = Field("label", description="user data: the class column (MK types like G2V, or class names)")
+    subtype_column: str | None = Field("subtype", description="user data: numeric subtype column (0-9.9), if any")
+    class_names: list[str] | None = Field(None, description="user data: the classes (null: OBAFGKM for MK types, "
+                                          "else the distinct labels, sorted)")
+    wave_unit: str | None = Field(None, description="user data: wavelength unit when the file declares none "
+                                  "(Angstrom, nm, um, dex(Angstrom) for log10 lambda)")
+    flux_unit: str | None = Field(None, description="user data: flux unit when the file declares none "
+                                  "(e.g. erg/(s cm2 Angstrom), Jy, or dimensionless)")
+    wave_medium: Literal["air", "vacuum"] | None = Field(
+        None, description="user data: wavelength medium when the file does not say (null: air, the model grid's)")
+    min_coverage: float = Field(0.5, gt=0, le=1, description="user data: least fraction of the model grid a "
+                                "spectrum must cover (pixels with ivar = 0 or bad errors are uncovered)")
+    bad_spectra: Literal["drop", "error"] = Field(
+        "drop", description="user data: a file that cannot be used is dropped and recorded (drop) or stops (error)")
+    class_weighting: Literal["balanced", "none"] = Field("balanced", description="user data: loss weight per class")
+    split_seed: int = Field(1998, description="user data: seed of the stratified 70/10/20 split")
     wave_min: float = Field(3800.0, ge=3510.0, description="blue end of the instrument window (Angstrom)")
     wave_max: float = Field(9000.0, le=9490.0, description="red end of the instrument window (Angstrom)")
     num_pixels: int = Field(1024, ge=64, le=8192, description="log-spaced model pixels across the window")
@@ -66,7 +93,7 @@ class SpectraData(Section):
     seed: int = Field(1998, description="seed of the simulated spectra (each split has its own stream)")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "SpectraData":
+    def _ranges(self) -> SpectraData:
         for lo, hi in (("wave_min", "wave_max"), ("snr_min", "snr_max"), ("resolution_min", "resolution_max")):
             if getattr(self, lo) >= getattr(self, hi):
                 raise ValueError(f"{lo} = {getattr(self, lo)} must be below {hi} = {getattr(self, hi)}")
@@ -85,8 +112,82 @@ class SpectraModel(Section):
     huber_delta: float = Field(1.0, gt=0, description="Huber transition, in subtypes")
 
 
+USER_FIELDS = {"path", "label_column", "subtype_column", "class_names", "wave_unit", "flux_unit", "wave_medium",
+               "min_coverage", "bad_spectra", "class_weighting", "split_seed"}
+#: Settings that decide the content of user data (the simulation settings do not apply to it).
+USER_VERSION_FIELDS = (USER_FIELDS - {"path"}) | {"wave_min", "wave_max", "num_pixels", "normalise"}
+
+
+def _group_split(codes_of, labels: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[np.ndarray, str]:
+    """Stratified split codes by object: spectra sharing an ``object_id`` go to the same split."""
+    if groups is None or len(set(groups)) == len(groups):
+        return codes_of(labels)
+    uniq, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    codes, method = codes_of(labels[first])
+    return codes[inverse], method + f"; by object_id ({len(uniq)} objects)"
+
+
+def _load_user(cfg) -> Dataset:
+    """The user's labelled spectra on the model grid, with coverage masks, split, and what was dropped."""
+    d = cfg.data
+    grid = sp.model_grid(d.wave_min, d.wave_max, d.num_pixels)
+    u = sio.load_user_data(d.path, d, grid, d.normalise, labelled=True)
+    lab = u.labels
+    n = len(lab.label)
+    if n == 0:
+        raise DataError(f"data.path = {d.path!r}: no usable spectrum; dropped: {u.drops.to_info()}")
+    if u.split is not None:
+        codes, method = split_codes(None, lab.label, d.split_seed, split_values=u.split)
+    else:
+        codes, method = _group_split(lambda y: split_codes(None, y, d.split_seed), lab.label, u.groups, d.split_seed)
+    k = len(lab.class_names)
+    arrays = {"flux": u.flux, "mask": u.mask, "label": lab.label, "subtype": lab.subtype,
+              "subtype_known": lab.subtype_known, "object_id": np.asarray(u.ids, np.int64)}
+    parts = {name: np.flatnonzero(codes == i) for i, name in enumerate(SPLIT_NAMES)}
+    for name in ("train", "val"):
+        if not len(parts[name]):
+            raise DataError(f"data.path = {d.path!r}: the {name} split is empty ({method}); give more spectra "
+                            "or a 'split' column")
+    if d.class_weighting == "balanced":
+        weights = classify.balanced_class_weights(lab.label[parts["train"]], k)
+    else:
+        weights = np.ones(k)
+    arrays["sample_weight"] = weights[lab.label].astype(np.float32)
+    splits = {name: {key: v[idx] for key, v in arrays.items()} for name, idx in parts.items() if len(idx)}
+    coverage = u.mask.mean(axis=1)
+    info = {
+        "class_names": lab.class_names,
+        "num_classes": k,
+        "label_mode": lab.mode,
+        "has_subtype": bool(lab.subtype_known.any()),
+        "scale": "class_index + subtype/10 over class_names; one subtype = 0.1",
+        "wave_min": d.wave_min, "wave_max": d.wave_max, "num_pixels": d.num_pixels, "normalise": d.normalise,
+        "wave_medium": sio.MODEL_MEDIUM,
+        "mask_channel": True,
+        "user_data": True,
+        "source": source_info(d.path, u.source["format"], u.source["rows_read"],
+                              **{k2: v for k2, v in u.source.items() if k2 not in ("path", "format", "rows_read")}),
+        "units": u.units,
+        "split_sizes": {name: len(idx) for name, idx in parts.items()},
+        "split_method": method,
+        "dropped": u.drops.to_info(),
+        "rows_used": n,
+        "class_counts": {name: np.bincount(lab.label[idx], minlength=k).tolist() for name, idx in parts.items()},
+        "class_weights": weights.tolist(),
+        "subtypes_known": int(lab.subtype_known.sum()),
+        "coverage": {"mean": float(coverage.mean()), "min": float(coverage.min()),
+                     "full": int(np.sum(coverage == 1.0)), "min_coverage": d.min_coverage},
+    }
+    settings = d.model_dump(mode="json", include=USER_VERSION_FIELDS)
+    version = "user-" + content_hash(u.flux, u.mask, lab.label, lab.subtype, lab.subtype_known, codes,
+                                     np.asarray(u.ids, np.int64), settings, length=12)
+    return Dataset(splits=splits, info=info, version=version)
+
+
 def load_data(cfg) -> Dataset:
     d = cfg.data
+    if d.path:
+        return _load_user(cfg)
     templates = sp.load_templates()
     splits, parts = build_splits(d, templates)
     info = {
@@ -99,28 +200,38 @@ def load_data(cfg) -> Dataset:
         "normalise": d.normalise,
         "template_names": templates.name.tolist(),
         "split_templates": {k: templates.name[v].tolist() for k, v in parts.items()},
-        "split_sizes": {k: int(len(v["label"])) for k, v in splits.items()},
+        "split_sizes": {k: len(v["label"]) for k, v in splits.items()},
         "class_counts": {k: np.bincount(v["label"], minlength=7).tolist() for k, v in splits.items()},
     }
-    version = "pickles-" + content_hash([templates.digest, d.model_dump(mode="json")], length=12)
+    # The user-data fields are left out, so bundled versions stay those of earlier releases.
+    version = "pickles-" + content_hash([templates.digest, d.model_dump(mode="json", exclude=USER_FIELDS)], length=12)
     return Dataset(splits=splits, info=info, version=version)
 
 
 def build_model(cfg, info: dict, rngs) -> SpectrumCNN | SpectrumMLP:
     m = cfg.model
+    c_in = 2 if info.get("mask_channel") else 1  # user data: flux + coverage mask
     if m.arch == "mlp":
-        return SpectrumMLP(info["num_pixels"], info["num_classes"], m.mlp_hidden, m.dropout, rngs=rngs)
+        return SpectrumMLP(info["num_pixels"], info["num_classes"], m.mlp_hidden, m.dropout, in_channels=c_in,
+                           rngs=rngs)
     if info["num_pixels"] % (2 ** len(m.channels)):
         raise ConfigError(
             f"config key 'data.num_pixels' = {info['num_pixels']}: must be divisible by 2**{len(m.channels)} "
             f"(one pooling per entry of model.channels)"
         )
-    return SpectrumCNN(info["num_pixels"], info["num_classes"], m.channels, m.kernel_size, m.hidden, m.dropout, rngs=rngs)
+    return SpectrumCNN(info["num_pixels"], info["num_classes"], m.channels, m.kernel_size, m.hidden, m.dropout,
+                       in_channels=c_in, rngs=rngs)
 
 
 def forward(model, batch, train: bool, rng) -> tuple[jax.Array, jax.Array]:
     """``(class logits (B, K), type scale (B,))``; dropout keys from ``rng`` when training."""
-    return model(batch["flux"], train=train, rng=rng)
+    return model(batch["flux"], train=train, rng=rng, mask=batch.get("mask"))
+
+
+def _subtype_batch(batch) -> dict:
+    """Weights of the subtype terms: only spectra whose subtype is known (user data may lack it)."""
+    known = batch.get("subtype_known")
+    return batch if known is None else {"sample_weight": known, "_weight": batch.get("_weight", 1.0)}
 
 
 def subtype_penalty(err_subtypes, kind: str, delta: float):
@@ -136,8 +247,9 @@ def make_loss_fn(cfg, info: dict):
         logits, scale = forward(model, batch, train, rng)
         ce, metrics = classify.weighted_cross_entropy(logits, batch)
         err = (scale - batch["subtype"]) * 10.0
-        sub = regress.weighted_mean(subtype_penalty(err, m.subtype_loss, m.huber_delta), batch)
-        metrics.update(cross_entropy=ce, subtype_mae=regress.weighted_mean(jnp.abs(err), batch))
+        wb = _subtype_batch(batch)
+        sub = regress.weighted_mean(subtype_penalty(err, m.subtype_loss, m.huber_delta), wb)
+        metrics.update(cross_entropy=ce, subtype_mae=regress.weighted_mean(jnp.abs(err), wb))
         return ce + m.subtype_weight * sub, metrics
 
     return loss_fn
@@ -166,16 +278,27 @@ def make_score_fn(cfg, info: dict):
     def score(outputs: np.ndarray, arrays: dict, info: dict) -> dict[str, Any]:
         probs, scale = _split_outputs(outputs, info)
         labels = arrays["label"]
-        err = (scale - arrays["subtype"]) * 10.0
-        term = float(np.mean(np.asarray(subtype_penalty(err, m.subtype_loss, m.huber_delta), np.float64)))
-        return {
+        known = _known(arrays)
+        err = ((scale - np.asarray(arrays["subtype"])) * 10.0)[known]
+        term = float(np.mean(np.asarray(subtype_penalty(err, m.subtype_loss, m.huber_delta), np.float64))) \
+            if err.size else 0.0
+        out = {
             "loss": clf.flat_weighted_log_loss(probs, labels, info["num_classes"]) + m.subtype_weight * term,
             "log_loss": clf.log_loss(probs, labels),
             "accuracy": float(np.mean(probs.argmax(-1) == labels)),
-            "subtype_mae": float(np.mean(np.abs(err))),
         }
+        if err.size:
+            out["subtype_mae"] = float(np.mean(np.abs(err)))
+        return out
 
     return score
+
+
+def _known(arrays) -> np.ndarray:
+    """Rows whose subtype is known (all of them for the bundled data)."""
+    if "subtype_known" in arrays:
+        return np.asarray(arrays["subtype_known"]) > 0
+    return np.ones(len(arrays["label"]), bool)
 
 
 def _group_metrics(mask: np.ndarray, pred: np.ndarray, labels: np.ndarray, err: np.ndarray) -> dict[str, Any]:
@@ -184,52 +307,93 @@ def _group_metrics(mask: np.ndarray, pred: np.ndarray, labels: np.ndarray, err: 
 
 
 def report(outputs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any = None) -> dict[str, Any]:
-    """Classification report + subtype errors overall, per S/N and per held-out template."""
+    """Classification report + subtype errors overall, per S/N and per held-out template (the
+    last two for the simulated data only: user spectra have neither)."""
     probs, scale = _split_outputs(outputs, info)
     rep = classify.report(probs, arrays, info, out_dir)
-    labels = arrays["label"]
+    labels = np.asarray(arrays["label"])
     pred = probs.argmax(-1)
-    err = (scale - arrays["subtype"]) * 10.0
-    snr = np.asarray(arrays["snr"], np.float64)
-    rep["subtype_mae"] = float(np.mean(np.abs(err)))
-    rep["subtype_mae_units"] = "subtypes (0.1 on the class_index + subtype/10 scale)"
-    rep["subtype_rmse"] = float(np.sqrt(np.mean(err**2)))
-    rep["subtype_bias"] = float(np.mean(err))
-    levels = np.unique(snr)
-    if len(levels) <= 12:  # fixed test S/N values
-        groups = {f"{v:g}": snr == v for v in levels}
-    else:
-        edges = [0, 10, 20, 50, np.inf]
-        groups = {f"{lo:g}-{hi:g}": (snr >= lo) & (snr < hi) for lo, hi in zip(edges[:-1], edges[1:])}
-    rep["per_snr"] = {k: _group_metrics(m, pred, labels, err) for k, m in groups.items() if m.any()}
-    names = np.asarray(info["template_names"])
-    rep["per_template"] = {}
-    for t in np.unique(arrays["template"]):
-        m = (arrays["template"] == t) & (arrays["template_b"] == t)
-        if m.any():
-            row = _group_metrics(m, pred, labels, err)
-            row["median_predicted_type"] = sp.spectral_type(float(np.median(scale[m])))
-            rep["per_template"][str(names[t])] = row
+    known = _known(arrays)
+    err = (scale - np.asarray(arrays["subtype"])) * 10.0
+    simulated = "snr" in arrays
+    snr = np.asarray(arrays["snr"], np.float64) if simulated else np.full(len(labels), 20.0)
+    if known.any():
+        rep["subtype_mae"] = float(np.mean(np.abs(err[known])))
+        rep["subtype_mae_units"] = "subtypes (0.1 on the class_index + subtype/10 scale)"
+        rep["subtype_rmse"] = float(np.sqrt(np.mean(err[known] ** 2)))
+        rep["subtype_bias"] = float(np.mean(err[known]))
+        rep["subtype_n"] = int(known.sum())
+    if simulated:
+        levels = np.unique(snr)
+        if len(levels) <= 12:  # fixed test S/N values
+            groups = {f"{v:g}": snr == v for v in levels}
+        else:
+            edges = [0, 10, 20, 50, np.inf]
+            groups = {f"{lo:g}-{hi:g}": (snr >= lo) & (snr < hi) for lo, hi in itertools.pairwise(edges)}
+        rep["per_snr"] = {k: _group_metrics(m, pred, labels, err) for k, m in groups.items() if m.any()}
+    if "template" in arrays and "template_names" in info:
+        names = np.asarray(info["template_names"])
+        rep["per_template"] = {}
+        for t in np.unique(arrays["template"]):
+            m = (arrays["template"] == t) & (arrays["template_b"] == t)
+            if m.any():
+                row = _group_metrics(m, pred, labels, err)
+                row["median_predicted_type"] = sp.spectral_type(float(np.median(scale[m])))
+                rep["per_template"][str(names[t])] = row
+    if "mask" in arrays:
+        cov = np.asarray(arrays["mask"], np.float64).mean(axis=1)
+        partial = cov < 1.0
+        rep["coverage"] = {"mean": float(cov.mean()), "partial_n": int(partial.sum()),
+                           "accuracy_partial": float(np.mean(pred[partial] == labels[partial])) if partial.any() else None,
+                           "accuracy_full": float(np.mean(pred[~partial] == labels[~partial])) if (~partial).any()
+                           else None}
     hi = snr >= 20
     rep["targets"] = {
-        "accuracy_snr_ge_20": float(np.mean(pred[hi] == labels[hi])) if hi.any() else None,
+        "accuracy_snr_ge_20": float(np.mean(pred[hi] == labels[hi])) if simulated and hi.any() else None,
         "accuracy_target": TARGET_ACCURACY,
-        "subtype_mae_subtypes": rep["subtype_mae"],
+        "subtype_mae_subtypes": rep.get("subtype_mae"),
         "subtype_mae_target_subtypes": TARGET_MAE_SUBTYPES,
     }
-    rep["figures"]["types"] = str(plots.plot_type_scale(arrays["subtype"], scale, snr, sp.CLASS_NAMES,
-                                                          out_dir / "types.png"))
+    if known.any():
+        rep["figures"]["types"] = str(plots.plot_type_scale(np.asarray(arrays["subtype"])[known], scale[known],
+                                                              snr[known], info["class_names"], out_dir / "types.png"))
     return rep
 
 
+class _BundledUnits:
+    """Reading settings for runs trained on the bundled spectra (no units in their config): files
+    without units are read as before, Angstrom and F_lambda; the model has no coverage input, so
+    a spectrum must cover the whole grid."""
+
+    def __init__(self, d: Any):
+        self.wave_unit = getattr(d, "wave_unit", None) or "Angstrom"
+        self.flux_unit = getattr(d, "flux_unit", None) or sio.FLAM
+        self.wave_medium = getattr(d, "wave_medium", None)
+        self.min_coverage = 1.0
+
+
 def load_inputs(cfg, info: dict, path: str | Path):
-    """CSV/FITS spectra (a file or a folder), resampled to the model grid; ids are the file names."""
+    """Spectra to predict on, in the training layouts (a folder of FITS/CSV files, one spectrum
+    file, or one table with a spectrum per row; labels are not needed), resampled as in training.
+    Ids are the file names (or row ids of a table)."""
     grid = sp.model_grid(info["wave_min"], info["wave_max"], info["num_pixels"])
-    flux, names = sp.load_user_spectra(path, grid, info["normalise"])
-    n = len(names)
-    arrays = {"flux": flux, "label": np.zeros(n, np.int32), "subtype": np.zeros(n, np.float32),
+    settings = cfg.data if info.get("mask_channel") else _BundledUnits(cfg.data)
+    u = sio.load_user_data(path, settings, grid, info["normalise"], labelled=False)
+    n = len(u.names)
+    arrays = {"flux": u.flux, "label": np.zeros(n, np.int32), "subtype": np.zeros(n, np.float32),
               "object_id": np.arange(n, dtype=np.int64)}
-    return arrays, np.array(names)
+    if info.get("mask_channel"):
+        arrays["mask"] = u.mask
+    return arrays, np.array(u.names)
+
+
+def _type_text(scale: float, cls: int, info: dict) -> str:
+    if info.get("label_mode", "mk") == "mk":
+        return sp.spectral_type(scale, cls)
+    name = info["class_names"][cls]
+    if not info.get("has_subtype"):
+        return name
+    return f"{name}{float(np.clip((scale - cls) * 10.0, 0.0, 9.9)):.1f}"
 
 
 def format_predictions(outputs: np.ndarray, ids: np.ndarray, info: dict) -> list[dict[str, Any]]:
@@ -239,7 +403,7 @@ def format_predictions(outputs: np.ndarray, ids: np.ndarray, info: dict) -> list
     rows = []
     for row, p, s in zip(classify.format_predictions(probs, ids, info, id_name="file"), probs, scale):
         out = {"file": row.pop("file"), "predicted_class": row.pop("predicted_class"),
-               "spectral_type": sp.spectral_type(float(s), int(np.argmax(p))), "type_scale": round(float(s), 4)}
+               "spectral_type": _type_text(float(s), int(np.argmax(p)), info), "type_scale": round(float(s), 4)}
         out.update(row)
         rows.append(out)
     return rows
