@@ -79,3 +79,17 @@ def info(directory: Annotated[Path, typer.Argument(help="a converted dataset dir
         cell = lambda k: "" if st.get(k) is None else f"{st[k]:.4g}"  # noqa: E731
         schema.add_row(f["name"], f["dtype"], str(tuple(f["shape"])), cell("mean"), cell("std"), cell("min"), cell("max"))
     console.print(schema)
+
+
+@data_app.command("example")
+def example(
+    task: TaskName,
+    out: Annotated[Path, typer.Option("--out", "-o", help="new directory for the example files")],
+) -> None:
+    """Write example user data for TASK (made from the bundled data, in the task's user format),
+    and print the command that trains on it."""
+    from astroflax.data.examples import write_example
+
+    path, settings = write_example(task, out)
+    err.print(f"Wrote example {task} data under {out}. Train on it with:\n"
+              f"  astroflax train {task} --data {path} {' '.join(settings)}", highlight=False)
