@@ -393,6 +393,7 @@ class Catalogue:
     dropped: Any  # tables.DropLog: rows not kept, with reasons
     masked: Any  # tables.DropLog: (band, reason) cells masked
     masked_per_band: dict[str, int]
+    target_column: str | None = None
 
 
 class _Cols:
@@ -524,17 +525,20 @@ def read_catalogue(path: str | Path, spec: CatalogueSpec, *, need_target: bool, 
     def missing(v: np.ndarray) -> np.ndarray:
         return np.isnan(v) | np.isin(v, sentinels)
 
-    masked = DropLog()
     observed = np.ones((n, len(bands)), bool)
     mag = np.zeros((n, len(bands)))
     err = np.zeros((n, len(bands)))
     used: dict[str, Any] = {}
 
+    why = np.full((n, len(bands)), -1, np.int16)  # index into reasons of the first reason a cell is masked
+    reasons: list[str] = []
+
     def mask(j: int, bad: np.ndarray, reason: str) -> None:
         new = bad & observed[:, j]
         if new.any():
-            pos = np.flatnonzero(new)
-            masked.add(f"band {bands[j]!r}: {reason}", [cols.where(int(p)) for p in pos[:5]], count=len(pos))
+            if reason not in reasons:
+                reasons.append(reason)
+            why[new, j] = reasons.index(reason)
             observed[:, j] &= ~new
 
     sent_text = "/".join(f"{s:g}" for s in spec.sentinels) or "none set"
@@ -657,12 +661,19 @@ def read_catalogue(path: str | Path, spec: CatalogueSpec, *, need_target: bool, 
         ids = np.arange(n, dtype=np.int64)  # 0-based row number in the file
     split = parse_split(tab) if need_target else None
     per_band = {b: int((~observed[keep, j]).sum()) for j, b in enumerate(bands)}
+    masked = DropLog()  # masked cells of the kept rows, per band and reason
+    for j, b in enumerate(bands):
+        for r, reason in enumerate(reasons):
+            pos = np.flatnonzero(keep & (why[:, j] == r))
+            if len(pos):
+                masked.add(f"band {b!r}: {reason}", [cols.where(int(p)) for p in pos[:5]], count=len(pos))
     resolved = CatalogueSpec(**{**spec.to_info(), "bands": bands, "sentinels": tuple(spec.sentinels),
                                 **{k: v for k, v in used.items() if k != "target"}})
     return Catalogue(mag=mag[keep].astype(np.float32), mag_err=err[keep].astype(np.float32), observed=observed[keep],
                      z=None if z is None else z[keep], ids=ids[keep], split=None if split is None else split[keep],
                      spec=resolved, kind=kind, fmt=table_suffix(path).lstrip(".") or "csv", rows_read=n,
-                     dropped=dropped, masked=masked, masked_per_band=per_band)
+                     dropped=dropped, masked=masked, masked_per_band=per_band,
+                     target_column=used.get("target"))
 
 
 def _check_observed(cols: _Cols, column: str, values: np.ndarray, observed: np.ndarray, rng: tuple, what: str,
