@@ -23,6 +23,31 @@ def _frame(columns: dict[str, np.ndarray]):
     return pd.DataFrame(columns)
 
 
+def photoz(out: Path, seed: int = 11) -> tuple[Path, list[str]]:
+    """``catalogue.parquet``: the bundled SDSS galaxies as a survey catalogue (``objid``,
+    ``mag_{band}``, ``magerr_{band}``, ``zspec``), with the survey sentinel -99 where a band was
+    not measured (5 % of u and 1 % of z magnitudes, at random) and a few empty cells."""
+    from astroflax.data import photometry as phot
+
+    d = phot.load_bundled()
+    rng = np.random.default_rng(seed)
+    mag, err = d["mag"].astype(np.float64), d["mag_err"].astype(np.float64)
+    for band, frac in ((0, 0.05), (4, 0.01)):
+        miss = rng.random(len(mag)) < frac
+        mag[miss, band], err[miss, band] = -99.0, -99.0
+    empty = rng.random(len(mag)) < 0.002
+    mag[empty, 1], err[empty, 1] = np.nan, np.nan
+    cols = {"objid": d["object_id"]}
+    for j, band in enumerate(phot.BANDS):
+        cols[f"mag_{band}"] = mag[:, j]
+        cols[f"magerr_{band}"] = err[:, j]
+    cols["zspec"] = d["z"].astype(np.float64)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "catalogue.parquet"
+    _frame(cols).to_parquet(path, index=False)
+    return path, ["--preset", "quick"]
+
+
 def transients(out: Path, n: int = 1500, seed: int = 0) -> tuple[Path, list[str]]:
     """``lightcurves.csv`` + ``metadata.csv`` (PLAsTiCC layout) for ``n`` bundled objects."""
     from astroflax.data import lightcurves as lc
@@ -90,7 +115,7 @@ def spectra(out: Path, per_template: int = 12, seed: int = 5) -> tuple[Path, lis
     model window, as survey spectra from different set-ups would."""
     from astropy.io import fits
 
-    from astroflax.data.spectra import load_templates
+    from astroflax.data.spectra import load_templates, spectral_type
 
     t = load_templates()
     rng = np.random.default_rng(seed)
@@ -98,22 +123,20 @@ def spectra(out: Path, per_template: int = 12, seed: int = 5) -> tuple[Path, lis
     wave, rows = t.wavelength[keep], []
     out.mkdir(parents=True, exist_ok=True)
     for j, name in enumerate(t.name):
-        if not np.any(t.flux[j]):
-            continue
         for k in range(per_template):
             z = rng.normal(0, 100.0) / 299792.458  # radial velocity ~100 km/s
             flux = np.interp(wave, wave * (1 + z), t.flux[j][keep])
             snr = rng.uniform(10, 60)
             err = np.full_like(flux, np.median(flux) / snr)
             flux = (flux + err * rng.standard_normal(len(flux))) * 1e-15
-            lo = 6000.0 if k % 4 == 3 else 0.0  # red-only set-up: ~60% of the model grid
+            lo = 5200.0 if k % 4 == 3 else 0.0  # red-only set-up: 64% of the model grid
             sel = wave >= lo
             cols = [fits.Column("wavelength", "D", unit="nm", array=wave[sel] / 10.0),
                     fits.Column("flux", "E", unit="erg/(s cm2 Angstrom)", array=flux[sel]),
                     fits.Column("error", "E", unit="erg/(s cm2 Angstrom)", array=err[sel] * 1e-15)]
             file = f"{name}_{k:02d}.fits"
             fits.BinTableHDU.from_columns(cols).writeto(out / file)
-            rows.append({"file": file, "label": str(name).split("-")[0]})
+            rows.append({"file": file, "label": spectral_type(float(t.scale[j]), int(t.class_index[j])) + "V"})
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / "labels.csv", index=False)
@@ -133,6 +156,7 @@ def vae(out: Path, n: int = 5000) -> tuple[Path, list[str]]:
 
 
 WRITERS: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
+    "photoz": photoz,
     "transients": transients, "variables": variables, "morphology": morphology, "vae": vae, "spectra": spectra,
 }
 
