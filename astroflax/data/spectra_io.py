@@ -382,7 +382,15 @@ def _read_fits(path: Path, s: SpectraSettings) -> RawSpectrum:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - damaged files fail in many ways inside astropy/specutils
-        raise DataError(f"{path}: cannot read as a FITS spectrum ({type(exc).__name__}: {first_line(exc)})") from None
+        raise _fits_error(path, exc) from None
+
+
+def _fits_error(path: Path, exc: Exception) -> DataError:
+    """One line for a FITS file astropy cannot read; a data section shorter than its header
+    declares (astropy fails to reshape it) is reported as a truncated file."""
+    if isinstance(exc, ValueError) and "reshape" in str(exc):
+        return DataError(f"{path}: the FITS file is truncated or damaged (its data are shorter than the header says)")
+    return DataError(f"{path}: cannot read as a FITS spectrum ({type(exc).__name__}: {first_line(exc)})")
 
 
 def _read_fits_image(path: Path, hdul: Any, idx: int, s: SpectraSettings) -> RawSpectrum:
@@ -789,10 +797,15 @@ def load_user_data(path: str | Path, settings: Any, grid: np.ndarray, normalise:
         if path.name.lower().endswith(FITS_SUFFIXES):
             from astropy.io import fits
 
-            with fits.open(path, memmap=False) as hdul:  # one spectrum per row iff vector columns
-                idx, kind = _fits_hdu(hdul)
-                vector = kind == "table" and len(hdul[idx].columns[_pick(list(hdul[idx].columns.names),
-                                                                          FLUX_COLUMNS)].array.shape) == 2
+            try:
+                with fits_warnings(path), fits.open(path, memmap=False) as hdul:  # a spectrum per row iff vectors
+                    idx, kind = _fits_hdu(hdul)
+                    vector = kind == "table" and len(hdul[idx].columns[_pick(list(hdul[idx].columns.names),
+                                                                              FLUX_COLUMNS)].array.shape) == 2
+            except DataError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - damaged files fail in many ways inside astropy
+                raise _fits_error(path, exc) from None
             if not vector:
                 if labelled:
                     raise DataError(f"{path}: one spectrum; training needs a folder of spectra with a labels table "
