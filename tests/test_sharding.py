@@ -6,19 +6,20 @@ import json
 
 import pytest
 
-from conftest import TINY_TRANSIENTS, run_cli, set_args
+from conftest import run_cli, set_args
 
 pytestmark = pytest.mark.slow  # two training processes (1 and 4 devices)
 
-OVERRIDES = [o for o in TINY_TRANSIENTS if not o.startswith(("train.steps", "train.log_every"))] + [
-    "train.steps=20",
-    "train.log_every=1",
-]
+# The smallest photoz model: data parallelism does not depend on the model, and this one starts
+# and compiles in a few seconds (the transformer took 63 s for the two processes).
+OVERRIDES = ["model.hidden=[16]", "model.head=gaussian", "train.batch_size=64", "train.eval_batch_size=512",
+             "train.steps=20", "train.eval_every=20", "train.log_every=1", "schedule.warmup_steps=2",
+             "train.progress=false"]
 
 
 def losses(run_dir, devices: int) -> list[float]:
     env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    proc = run_cli("train", "transients", "--run-dir", str(run_dir), "--no-evaluate", *set_args(OVERRIDES), env=env, check=True)
+    proc = run_cli("train", "photoz", "--run-dir", str(run_dir), "--no-evaluate", *set_args(OVERRIDES), env=env, check=True)
     assert f"on {devices} device(s)" in proc.stderr
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if r["split"] == "train"]
@@ -29,5 +30,6 @@ def test_four_devices_match_one(tmp_path):
     four = losses(tmp_path / "four", 4)
     assert len(one) == len(four) == 20
     for step, (a, b) in enumerate(zip(one, four), start=1):
-        assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: 1 device {a} vs 4 devices {b}"
+        # relative 1e-5, with a floor of 1: the Gaussian NLL crosses zero during training
+        assert abs(a - b) <= 1e-5 * max(abs(a), 1.0), f"step {step}: 1 device {a} vs 4 devices {b}"
     assert one[-1] != one[0]  # it trained

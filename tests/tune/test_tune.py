@@ -272,7 +272,7 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat_and_its_trial_retr
     study_dir = tmp_path / "study"
     argv = tune_argv(study_dir, space, "--trials", "2", "--workers", "2", "--pruner", "none", "--sampler", "random",
                      "--heartbeat", "1", "--no-evaluate", "--no-baseline",
-                     overrides=["train.steps=1200", "train.eval_every=100", "train.log_every=100"])
+                     overrides=["train.steps=600", "train.eval_every=100", "train.log_every=100"])
     proc = subprocess.Popen([sys.executable, "-m", "astroflax", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     victim = None
@@ -311,7 +311,7 @@ def test_a_stopped_study_resumes_and_continues_the_interrupted_trial(tmp_path):
     space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}})
     study_dir = tmp_path / "study"
     argv = tune_argv(study_dir, space, "--trials", "2", "--pruner", "none", "--no-evaluate", "--no-baseline",
-                     overrides=["train.steps=800", "train.eval_every=100", "train.log_every=100"])
+                     overrides=["train.steps=400", "train.eval_every=100", "train.log_every=100"])
     proc = subprocess.Popen([sys.executable, "-m", "astroflax", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
@@ -338,7 +338,7 @@ def test_a_stopped_study_resumes_and_continues_the_interrupted_trial(tmp_path):
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
     assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == stopped.params
     log = (study_dir / retry.user_attrs["run_dir"] / "train.log").read_text()
-    assert f"from checkpoint step {saved} of 800" in log
+    assert f"from checkpoint step {saved} of 400" in log
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
 
 
