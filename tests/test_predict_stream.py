@@ -128,12 +128,12 @@ def test_bad_rows_are_flagged_counted_and_named(trained, tmp_path, capsys):
     np.testing.assert_allclose(kept["z_mean"], want["z_mean"], rtol=1e-6)  # the CSV holds 17 digits
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(trained, tmp_path):
+def test_sigkill_then_resume_equals_an_uninterrupted_run(trained, tmp_path, capsys):
     out = tmp_path / "p.parquet"
     progress = tmp_path / "p.parquet.partial" / "_progress.jsonl"
     cmd = [sys.executable, "-m", "astroflax", "predict", str(trained["run"]), "--input", str(trained["cat"]),
            "--output", str(out), "--chunk-rows", "2000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if progress.is_file() and len(progress.read_text().splitlines()) >= 1:
@@ -144,9 +144,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(trained, tmp_path):
     assert not out.exists(), "killed after the first chunk, yet the output exists"
     done = len(progress.read_text().splitlines())
     assert 1 <= done < ROWS // 2000
-    again = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert again.returncode == 2 and "--resume" in again.stderr  # refuses to mix with the unfinished run
-    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, check=False)
+    code, _, err = run_main(cmd[3:], capsys)  # without --resume: refuses to mix with the unfinished run
+    assert code == 2 and "p.parquet.partial holds an unfinished prediction; pass --resume" in err
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, check=False, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "from the interrupted run" in resumed.stderr and not progress.parent.exists()
     from astroflax.predict.models import ModelRef

@@ -273,13 +273,25 @@ def predict(
 def _predict_stream(run_dir: Path, input: Path, output: Path, checkpoint: str, weights: str, keep: tuple[str, ...],
                     chunk_rows: int, resume: bool, dask: str | None) -> None:
     """``predict`` of a table file or HATS catalogue in chunks (astroflax.predict)."""
-    from astroflax.predict.dask import chunk_runner, dask_client, predict_hats
     from astroflax.predict.models import ModelRef, get_model
-    from astroflax.predict.sources import is_hats_catalogue
-    from astroflax.predict.stream import partial_dir, stream_predict
+    from astroflax.predict.stream import partial_dir
 
     ref = ModelRef.of(run_dir, checkpoint, weights)
     model = get_model(ref)  # the driver's copy: the reader settings, the summary (and one-line load errors)
+    try:
+        _run_stream(ref, model, input, output, keep, chunk_rows, resume, dask)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the finished work is kept in {partial_dir(output)}; run the same command "
+                  "with --resume to continue", highlight=False, markup=False)
+        raise
+
+
+def _run_stream(ref, model, input: Path, output: Path, keep: tuple[str, ...], chunk_rows: int, resume: bool,
+                dask: str | None) -> None:
+    from astroflax.predict.dask import chunk_runner, dask_client, predict_hats
+    from astroflax.predict.sources import is_hats_catalogue
+    from astroflax.predict.stream import stream_predict
+
     with dask_client(dask) as client:
         if is_hats_catalogue(input):
             if output.suffix:
@@ -313,12 +325,6 @@ def _predict_stream(run_dir: Path, input: Path, output: Path, checkpoint: str, w
                 bar.start()
             summary = stream_predict(ref, input, output, chunk_rows=chunk_rows, keep=keep, resume=resume, hdu=hdu,
                                      on_progress=on_progress, runner=chunk_runner(client) if client else None)
-        except KeyboardInterrupt:
-            if bar is not None:
-                bar.stop()
-            err.print(f"interrupted: the finished chunks are kept in {partial_dir(output)}; run the same command "
-                      "with --resume to continue", highlight=False, markup=False)
-            raise
         finally:
             if bar is not None:
                 bar.stop()

@@ -170,5 +170,5 @@ def predict_hats(model_ref: ModelRef, input_dir: Path, output: Path, *, keep: tu
     import pyarrow.dataset as pads
 
     flags = pads.dataset(str(output / "dataset"), format="parquet").to_table(columns=[FLAG]).column(FLAG).to_numpy()
-    return {"rows": int(len(flags)), "bad": int((flags == 1).sum()),
+    return {"rows": len(flags), "bad": int((flags == 1).sum()),
             "partitions": len(catalog.get_healpix_pixels()), "model": model.source_text}

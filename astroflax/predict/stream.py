@@ -66,10 +66,11 @@ class Job:
     work_dir: str
     chunk_rows: int
     keep: tuple[str, ...] = ()
+    model_version: str = ""  # e.g. "checkpoint step 1200": a resume after a newer best checkpoint is refused
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"input": self.source.fingerprint(), "model": dataclasses.asdict(self.model),
-                "chunk_rows": self.chunk_rows, "keep": list(self.keep)}
+        return {"input": self.source.fingerprint(), "model": dataclasses.asdict(self.model) | {
+                "version": self.model_version}, "chunk_rows": self.chunk_rows, "keep": list(self.keep)}
 
     def part(self, index: int) -> Path:
         return Path(self.work_dir) / f"part-{index:08d}.parquet"
@@ -316,10 +317,12 @@ class Summary:
     seconds: float
     examples: list[str]
     model_text: str
+    resumed_rows: int = 0
 
     @property
     def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+        """Rows predicted by this run (not those of an interrupted one) per second of prediction."""
+        return (self.rows - self.resumed_rows) / self.seconds if self.seconds > 0 else float("nan")
 
     def text(self) -> str:
         msg = (f"Wrote {self.rows} predictions to {self.output} ({self.model_text}; {self.chunks} chunks"
@@ -453,12 +456,13 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
     output_kind(output)
     keep = tuple(k.strip().lower() for k in keep)
     source = open_source(input_path, hdu)
-    job = Job(model_ref, source, str(partial_dir(output)), int(chunk_rows), keep)
-    t0 = time.perf_counter()
     model = get_model(model_ref)
     check_keep(model, source, keep)
+    job = Job(model_ref, source, str(partial_dir(output)), int(chunk_rows), keep, model.source_text)
+    t0 = time.perf_counter()  # the rate is of the prediction, not of loading the model
     progress = Progress(job, resume)
     resumed = len(progress.done)
+    resumed_rows = sum(r["rows"] for r in progress.done.values())
     total = source.num_rows
     state = {"rows": sum(r["stop"] - r["start"] for r in progress.done.values())}
     merger = Merger(output) if not progress.done else None
@@ -487,7 +491,7 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
     recs = [progress.done[i] for i in chunks]
     examples = [e for r in recs for e in r["examples"]][:EXAMPLES]
     summary = Summary(output, sum(r["rows"] for r in recs), sum(r["bad"] for r in recs), len(chunks), resumed,
-                      time.perf_counter() - t0, examples, model.source_text)
+                      time.perf_counter() - t0, examples, model.source_text, resumed_rows)
     if output_kind(output) == "dataset":
         (Path(job.work_dir) / SUMMARY).write_text(json.dumps(dataclasses.asdict(summary) | {"output": str(output)},
                                                              indent=1))
