@@ -61,8 +61,7 @@ def dask_client(spec: str | None) -> Iterator[Any]:
         if n < 1:
             raise ConfigError(f"--dask {spec}: expected local:N with N >= 1 worker processes")
         # One thread per worker and one XLA thread pool each: N workers use N cores.
-        env = {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
-               "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+        env = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
                              "intra_op_parallelism_threads=1").strip(),
                "OMP_NUM_THREADS": "1"}
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,

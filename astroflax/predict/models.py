@@ -72,7 +72,7 @@ class Model:
         else:
             from astroflax.evaluate.uncertainty import predict_outputs
 
-            out, self.note = predict_outputs(self._run, arrays, 0, self.ref.weights)
+            out, self.note = predict_outputs(_Direct(self._run, bs), arrays, 0, self.ref.weights)
         return np.asarray(out)[:n]
 
     @property
@@ -81,6 +81,33 @@ class Model:
             m = self._export.manifest
             return f"export of {m['task']} checkpoint step {m['source']['checkpoint_step']}"
         return f"checkpoint step {self.step}"
+
+
+class _Direct:
+    """A run whose ``predict`` calls its compiled step on host batches directly: the same compiled
+    function, batch size and ``_weight`` as :meth:`astroflax.runs.LoadedRun.predict`, hence the same
+    numbers, without placing every batch on a one-device mesh first (that was most of the time of a
+    small model). Anything else (an ensemble, several devices) goes through ``run.predict``."""
+
+    def __init__(self, run: Any, batch_size: int):
+        self._run, self._bs = run, batch_size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
+
+    def predict(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        run = self._run
+        if not hasattr(run, "_compiled_predict") or run.mesh.devices.size != 1:
+            return run.predict(arrays)
+        arrays = run.task.device_arrays(arrays)
+        n, bs = len(next(iter(arrays.values()))), self._bs
+        weight = np.ones(bs, np.float32)
+        outs = []
+        for start in range(0, n, bs):  # n is a multiple of bs (Model.predict pads)
+            batch = {k: v[start:start + bs] for k, v in arrays.items()}
+            batch["_weight"] = weight
+            outs.append(run._compiled_predict(run.state.params, run.state.model_state, batch))
+        return np.concatenate([np.asarray(o) for o in outs], axis=0)
 
 
 def load_model(ref: ModelRef) -> Model:

@@ -72,6 +72,8 @@ class Job:
         return {"input": self.source.fingerprint(), "model": dataclasses.asdict(self.model) | {
                 "version": self.model_version}, "chunk_rows": self.chunk_rows, "keep": list(self.keep)}
 
+    part_compression: str = "snappy"  # "none" when the parts are merged into one file at the end
+
     def part(self, index: int) -> Path:
         return Path(self.work_dir) / f"part-{index:08d}.parquet"
 
@@ -209,14 +211,15 @@ def predict_frame(model: Model, frame: Frame, keep: Iterable[str] = ()):
     return output_table(model, frame, inputs, run_model(model, inputs), keep)
 
 
-def write_part(table, path: Path) -> None:
+def write_part(table, path: Path, compression: str = "snappy") -> None:
     """Parquet, written under a temporary name then renamed: a part file is complete or absent.
 
-    Dictionary encoding only for text columns: on float columns it costs 5x the write time for nothing."""
+    Dictionary encoding only for text columns: on float columns it costs 5x the write time for
+    nothing. Parts that are merged into one output file afterwards are written uncompressed."""
     import pyarrow.parquet as pq
 
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, use_dictionary=_text_columns(table.schema))
+    pq.write_table(table, tmp, use_dictionary=_text_columns(table.schema), compression=compression)
     os.replace(tmp, path)
 
 
@@ -242,7 +245,7 @@ def run_chunk(job: Job, index: int) -> dict[str, Any]:
     frames = list(job.source.frames(start, start + job.chunk_rows, job.chunk_rows))
     frame = frames[0] if frames else Frame(job.source.path, start, start, _empty_frame())
     table = predict_frame(model, frame, job.keep)
-    write_part(table, job.part(index))
+    write_part(table, job.part(index), job.part_compression)
     return chunk_record(index, frame, table)
 
 
@@ -444,12 +447,14 @@ def check_keep(model: Model, source: TableSource, keep: tuple[str, ...]) -> None
 def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                    keep: tuple[str, ...] = (), resume: bool = False, hdu: Any = None,
                    on_progress: Callable[[int, int | None], None] | None = None,
-                   runner: Callable[[Job, list[int], Progress], Iterator[dict]] | None = None) -> Summary:
+                   runner: Callable[[Job, list[int], Progress], Iterator[dict]] | None = None,
+                   pipeline: bool = True) -> Summary:
     """Predict every row of ``input_path`` into ``output`` (see the module docstring).
 
     ``runner(job, todo, progress)`` yields the records of finished chunks (the Dask runner); by
     default chunks run here, in order, the input read once from front to back.
-    ``on_progress(rows_done, rows_total)`` is called after every chunk.
+    ``on_progress(rows_done, rows_total)`` is called after every chunk. ``pipeline=False`` runs
+    the three stages of a chunk one after the other (for measurements).
     """
     if chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {chunk_rows}: expected at least 1")
@@ -458,7 +463,11 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
     source = open_source(input_path, hdu)
     model = get_model(model_ref)
     check_keep(model, source, keep)
-    job = Job(model_ref, source, str(partial_dir(output)), int(chunk_rows), keep, model.source_text)
+    job = Job(model_ref, source, str(partial_dir(output)), int(chunk_rows), keep, model.source_text,
+              "snappy" if output_kind(output) == "dataset" else "none")
+    if runner is not None and plan(job) is None:
+        raise ConfigError(f"--dask with {input_path}: the number of rows of a {source.kind} table is not known "
+                          "without reading it whole; convert it to Parquet first")
     t0 = time.perf_counter()  # the rate is of the prediction, not of loading the model
     progress = Progress(job, resume)
     resumed = len(progress.done)
@@ -481,7 +490,7 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
             for rec in runner(job, [i for i in plan(job) if i not in progress.done], progress):
                 record(rec)
         else:
-            _run_here(job, model, progress.done, record, merger)
+            _run_here(job, model, progress.done, record, merger, pipeline)
     except BaseException:
         progress.close()
         if merger is not None:
@@ -500,7 +509,7 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
 
 
 def _run_here(job: Job, model: Model, done: dict[int, Any], record: Callable[[dict], None],
-              merger: Merger | None) -> None:
+              merger: Merger | None, pipeline: bool = True) -> None:
     """The chunks in this process as a three-stage pipeline: a thread reads and validates chunk
     i+1 and another writes chunk i-1 while the model runs on chunk i (pyarrow, pandas' parsers
     and XLA release the GIL). At most three chunks are in memory."""
@@ -514,11 +523,15 @@ def _run_here(job: Job, model: Model, done: dict[int, Any], record: Callable[[di
 
     def write(index: int, frame: Frame, inputs: ChunkInputs, outputs: np.ndarray) -> None:
         table = output_table(model, frame, inputs, outputs, job.keep)
-        write_part(table, job.part(index))
+        write_part(table, job.part(index), job.part_compression)
         if merger is not None:
             merger.add(index, table)
         record(chunk_record(index, frame, table))
 
+    if not pipeline:
+        for item in iter(read_next, None):
+            write(item[0], item[1], item[2], run_model(model, item[2]))
+        return
     with ThreadPoolExecutor(1, "astroflax-read") as reader, ThreadPoolExecutor(1, "astroflax-write") as writer:
         pending_read, pending_write = reader.submit(read_next), None
         while True:

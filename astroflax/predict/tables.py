@@ -143,7 +143,10 @@ def photoz_chunk(frame: Frame, cfg, info: dict) -> ChunkInputs:
         ids = df.index.to_numpy(np.int64)  # the row number in the file, as an in-memory read numbers rows
     else:
         ids = _ids(df[id_col])
-    return ChunkInputs(arrays, good, ids, [problems.get(i) for i in range(n)], id_col)
+    listed: list[str | None] = [None] * n
+    for pos, msg in problems.items():
+        listed[pos] = msg
+    return ChunkInputs(arrays, good, ids, listed, id_col)
 
 
 def _ids(col) -> np.ndarray:
