@@ -247,7 +247,7 @@ def predict(
         "--resume", help="continue an interrupted prediction from its OUTPUT.partial directory")] = False,
     dask: Annotated[str | None, typer.Option(
         "--dask", help="run the chunks on a Dask cluster: a scheduler address (tcp://host:8786) or local:N "
-        "for N local worker processes; needs the "scale" extra of astroflax (Dask, LSDB)")] = None,
+        "for N local worker processes; needs the 'scale' extra of astroflax (Dask, LSDB)")] = None,
 ) -> None:
     """Predict with a trained run (or ensemble, or export) on new data; writes one row per object.
 
