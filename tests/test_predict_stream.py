@@ -89,7 +89,8 @@ def test_streamed_equals_in_memory_for_any_chunk_size(trained, tmp_path):
     a = stream_predict(ref, trained["cat"], tmp_path / "a.parquet", chunk_rows=65_536, keep=("ra",))
     assert a.rows == ROWS and a.bad == 0 and a.chunks == 4
     got = pd.read_parquet(tmp_path / "a.parquet")
-    assert list(got.columns) == ["id", "z_mean", "z_sigma", "flag", "problem", "ra"]
+    cols = list(got.columns)
+    assert cols[:3] == ["id", "z_mean", "z_sigma"] and cols[-3:] == ["flag", "problem", "ra"]
     assert not (tmp_path / "a.parquet.partial").exists()
     want = _in_memory(trained["run"], trained["cat"])
     assert got["id"].tolist() == want["id"].tolist()

@@ -137,6 +137,9 @@ def predict_hats(model_ref: ModelRef, input_dir: Path, output: Path, *, keep: tu
     lsdb = _require("lsdb")
     import dask
 
+    from astroflax.predict.stream import check_replaceable
+
+    check_replaceable(output, "hats.properties")
     model = get_model(model_ref)
     catalog = lsdb.open_catalog(str(input_dir))
     info = catalog.hc_structure.catalog_info
@@ -149,9 +152,9 @@ def predict_hats(model_ref: ModelRef, input_dir: Path, output: Path, *, keep: tu
     meta_in = catalog.meta  # an empty partition: the output schema without reading data
     from hats.pixel_math import HealpixPixel
 
-    meta = predict_partition(meta_in, HealpixPixel(0, 0), model_ref, str(input_dir), keep_cols)
-    result = catalog.map_partitions(predict_partition, model_ref, str(input_dir), keep_cols, meta=meta,
-                                    include_pixel=True)
+    base = str(getattr(catalog.hc_structure, "catalog_base_dir", None) or input_dir)  # a collection's catalogue
+    meta = predict_partition(meta_in, HealpixPixel(0, 0), model_ref, base, keep_cols)
+    result = catalog.map_partitions(predict_partition, model_ref, base, keep_cols, meta=meta, include_pixel=True)
     work = partial_dir(output)
     if work.exists() and not resume:
         raise ConfigError(f"{work} holds an unfinished prediction; pass --resume to continue it, or delete that "

@@ -44,6 +44,14 @@ def partial_dir(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
+def check_replaceable(output: Path, marker: str = JOB) -> None:
+    """An existing output directory is replaced only if a previous prediction made it (it holds
+    ``marker``) or it is empty: never a directory of the user's own files."""
+    if output.is_dir() and any(output.iterdir()) and not (output / marker).exists():
+        raise ConfigError(f"--output {output}: an existing directory that is not a previous prediction output; "
+                          "choose another name (a prediction output is replaced)")
+
+
 def output_kind(output: Path) -> str:
     """``parquet`` (one file), ``csv`` (one file) or ``dataset`` (a directory of Parquet parts)."""
     name = output.name.lower()
@@ -407,8 +415,10 @@ def finish(job: Job, progress: Progress, output: Path, chunks: list[int], merger
             if pq.read_schema(p) != schema:
                 write_part(pq.read_table(p).cast(schema), p)
         (work / PROGRESS).unlink(missing_ok=True)
-        if output.exists():
+        if output.is_dir():
             shutil.rmtree(output)
+        elif output.exists():
+            output.unlink()
         os.replace(work, output)
         return
     merger = merger or Merger(output)
@@ -458,7 +468,9 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
     """
     if chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {chunk_rows}: expected at least 1")
-    output_kind(output)
+    if output_kind(output) != "dataset" and output.is_dir():
+        raise DataError(f"--output {output}: is a directory; expected the name of a file to write")
+    check_replaceable(output)
     keep = tuple(k.strip().lower() for k in keep)
     source = open_source(input_path, hdu)
     model = get_model(model_ref)
