@@ -282,7 +282,8 @@ class Progress:
             except (OSError, ValueError):
                 raise ConfigError(f"{self.dir}: no readable {JOB}; delete the directory and start again") from None
             if saved.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-                diff = [k for k in fingerprint if saved.get("fingerprint", {}).get(k) != json.loads(json.dumps(fingerprint[k]))]
+                old = saved.get("fingerprint") or {}
+                diff = [k for k in fingerprint if old.get(k) != json.loads(json.dumps(fingerprint[k]))]
                 raise ConfigError(f"--resume: {self.dir} is the work of another prediction ({', '.join(diff)} "
                                   "differ: input file, model, --chunk-rows or --keep); delete it to start again")
             self.done = self._read_done()
@@ -306,6 +307,10 @@ class Progress:
                 continue
             if self.job.part(int(rec["chunk"])).is_file():
                 done[int(rec["chunk"])] = rec
+        # rewrite it with the complete records only: a half-written last line must not swallow the next one
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()), encoding="utf-8")
+        os.replace(tmp, path)
         return done
 
     def add(self, rec: dict[str, Any]) -> None:
