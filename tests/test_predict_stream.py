@@ -103,6 +103,26 @@ def test_streamed_equals_in_memory_for_any_chunk_size(trained, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b"), got.drop(columns=["ra"]))
 
 
+@pytest.mark.parametrize("suffix", [".fits", ".csv"])
+def test_fits_slices_and_csv_chunks_equal_in_memory(trained, tmp_path, suffix):
+    from astropy.table import Table
+
+    from astroflax.predict.models import ModelRef
+    from astroflax.predict.stream import stream_predict
+
+    path = tmp_path / f"cat{suffix}"
+    df = make_catalogue(2000, seed=5)
+    if suffix == ".fits":
+        Table.from_pandas(df).write(path)
+    else:
+        df.to_csv(path, index=False)
+    s = stream_predict(ModelRef.of(trained["run"]), path, tmp_path / "p.parquet", chunk_rows=300)
+    assert s.rows == 2000 and s.bad == 0 and s.chunks == 7
+    got, want = pd.read_parquet(tmp_path / "p.parquet"), _in_memory(trained["run"], path)
+    assert got["id"].tolist() == want["id"].tolist()
+    np.testing.assert_array_equal(got["z_mean"].to_numpy(), want["z_mean"].to_numpy())
+
+
 def test_bad_rows_are_flagged_counted_and_named(trained, tmp_path, capsys):
     df = make_catalogue(1000, seed=3)
     df.loc[10, "mag_g"] = 55.0  # outside the magnitude range
