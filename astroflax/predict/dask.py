@@ -16,6 +16,8 @@ each; anything else is a scheduler address (``tcp://host:8786``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -156,9 +158,22 @@ def predict_hats(model_ref: ModelRef, input_dir: Path, output: Path, *, keep: tu
     meta = predict_partition(meta_in, HealpixPixel(0, 0), model_ref, base, keep_cols)
     result = catalog.map_partitions(predict_partition, model_ref, base, keep_cols, meta=meta, include_pixel=True)
     work = partial_dir(output)
-    if work.exists() and not resume:
-        raise ConfigError(f"{work} holds an unfinished prediction; pass --resume to continue it, or delete that "
-                          "directory to start again")
+    job_file = work.with_name(work.name + ".job.json")  # beside it: LSDB writes only into an empty directory
+    fingerprint = {"input": str(Path(input_dir).resolve()), "model": dataclasses.asdict(model_ref),
+                   "version": model.source_text, "keep": list(keep_cols)}
+    if work.exists():
+        if not resume:
+            raise ConfigError(f"{work} holds an unfinished prediction; pass --resume to continue it, or delete "
+                              "that directory to start again")
+        try:
+            saved = json.loads(job_file.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved != json.loads(json.dumps(fingerprint)):
+            raise ConfigError(f"--resume: {work} is the work of another prediction (input, model or --keep "
+                              f"differ, or {job_file.name} is missing); delete it to start again")
+    else:
+        job_file.write_text(json.dumps(fingerprint, indent=1))
     scheduler = {} if client is not None else {"scheduler": "synchronous"}
     with dask.config.set(**scheduler):
         result.write_catalog(str(work), catalog_name=output.name, resume=work.exists(), progress_bar=progress,
@@ -168,6 +183,7 @@ def predict_hats(model_ref: ModelRef, input_dir: Path, output: Path, *, keep: tu
 
         shutil.rmtree(output) if output.is_dir() else output.unlink()
     os.replace(work, output)
+    job_file.unlink(missing_ok=True)
     # the summary: rows and bad rows, from the written partitions' flag column alone
     import pyarrow.dataset as pads
 
