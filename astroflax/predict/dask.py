@@ -133,6 +133,11 @@ def predict_partition(df, pixel, model_ref: ModelRef, catalog_dir: str, keep: tu
     return out
 
 
+def _text(meta) -> list[str]:
+    """Text columns of the output (dictionary-encoded; on float columns that only costs time)."""
+    return [str(c) for c, t in meta.dtypes.items() if c != PROBLEM and ("string" in str(t) or t == object)]
+
+
 def predict_hats(model_ref: ModelRef, input_dir: Path, output: Path, *, keep: tuple[str, ...] = (),
                  resume: bool = False, client: Any = None, progress: bool = True) -> dict[str, Any]:
     """Predict every row of the HATS catalogue ``input_dir`` into the HATS catalogue ``output``."""
@@ -177,7 +182,8 @@ def predict_hats(model_ref: ModelRef, input_dir: Path, output: Path, *, keep: tu
     scheduler = {} if client is not None else {"scheduler": "synchronous"}
     with dask.config.set(**scheduler):
         result.write_catalog(str(work), catalog_name=output.name, resume=work.exists(), progress_bar=progress,
-                             error_if_empty=False, as_collection=False)
+                             error_if_empty=False, as_collection=False,
+                             write_table_kwargs={"use_dictionary": [PROBLEM, *_text(meta)]})
     if output.exists():
         import shutil
 

@@ -463,13 +463,13 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
                    keep: tuple[str, ...] = (), resume: bool = False, hdu: Any = None,
                    on_progress: Callable[[int, int | None], None] | None = None,
                    runner: Callable[[Job, list[int], Progress], Iterator[dict]] | None = None,
-                   pipeline: bool = True) -> Summary:
+                   pipeline: bool = False) -> Summary:
     """Predict every row of ``input_path`` into ``output`` (see the module docstring).
 
     ``runner(job, todo, progress)`` yields the records of finished chunks (the Dask runner); by
     default chunks run here, in order, the input read once from front to back.
-    ``on_progress(rows_done, rows_total)`` is called after every chunk. ``pipeline=False`` runs
-    the three stages of a chunk one after the other (for measurements).
+    ``on_progress(rows_done, rows_total)`` is called after every chunk. ``pipeline=True`` overlaps
+    reading, predicting and writing in threads (slower on 2 cores with a small model: the GIL).
     """
     if chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {chunk_rows}: expected at least 1")
@@ -526,7 +526,7 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
 
 
 def _run_here(job: Job, model: Model, done: dict[int, Any], record: Callable[[dict], None],
-              merger: Merger | None, pipeline: bool = True) -> None:
+              merger: Merger | None, pipeline: bool = False) -> None:
     """The chunks in this process as a three-stage pipeline: a thread reads and validates chunk
     i+1 and another writes chunk i-1 while the model runs on chunk i (pyarrow, pandas' parsers
     and XLA release the GIL). At most three chunks are in memory."""
