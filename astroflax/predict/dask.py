@@ -29,6 +29,7 @@ from astroflax.predict.models import ModelRef, get_model
 from astroflax.predict.sources import Frame
 from astroflax.predict.stream import (
     FLAG,
+    PROBLEM,
     Job,
     Progress,
     partial_dir,
