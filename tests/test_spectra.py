@@ -16,6 +16,7 @@ from astropy.io import fits
 from flax import nnx
 
 from astroflax.data import spectra as sp
+from astroflax.data import spectra_io as sio
 from astroflax.data import spectra_synth as synth
 from astroflax.errors import ConfigError, DataError
 from astroflax.models.spectra import SpectralConvolution, SpectrumCNN
@@ -273,23 +274,47 @@ def _write_fits_image(path: Path, name: str = "M3V"):
     return 10**loglam, flux
 
 
+FLAM = "erg/(s cm2 Angstrom)"
+
+
+def _user_data(path: Path, grid: np.ndarray, **settings):
+    """The spectra task's reader of user spectra (prediction layout: no labels), units from the config."""
+    data = task_mod.SpectraData(wave_unit="Angstrom", flux_unit=FLAM, **settings)
+    return sio.load_user_data(path, data, grid, "median", labelled=False)
+
+
+def _pixels_covered(grid: np.ndarray, lo: float, hi: float, gap: tuple[float, float] | None = None) -> np.ndarray:
+    """Model pixels at least half covered by data in [lo, hi] (minus ``gap``), from the log pixel edges."""
+    ln = np.log(grid)
+    half = 0.5 * (ln[1] - ln[0])
+    edges = np.exp(np.concatenate([[ln[0] - half], 0.5 * (ln[1:] + ln[:-1]), [ln[-1] + half]]))
+    a, b = edges[:-1], edges[1:]
+    inside = np.clip(np.minimum(b, hi) - np.maximum(a, lo), 0.0, None)
+    if gap is not None:
+        inside -= np.clip(np.minimum(b, gap[1]) - np.maximum(a, gap[0]), 0.0, None)
+    return inside >= 0.5 * (b - a)
+
+
 def test_user_spectra_fits_and_csv_agree(tmp_path):
     grid = sp.model_grid()
     wave, flux = _user_spectrum("G2V")
     _write_csv(tmp_path / "g.csv", wave, flux)
-    cols = [fits.Column(name="WAVE", format="D", array=wave), fits.Column(name="FLUX", format="D", array=flux)]
+    cols = [fits.Column(name="WAVELENGTH", format="D", array=wave), fits.Column(name="FLUX", format="D", array=flux)]
     fits.BinTableHDU.from_columns(cols).writeto(tmp_path / "g_table.fits")
-    lw, lf = _write_fits_image(tmp_path / "g_image.fits", "G2V")
-    spectra, names = sp.load_user_spectra(tmp_path, grid)
-    assert names == ["g.csv", "g_image.fits", "g_table.fits"]
-    np.testing.assert_allclose(np.median(spectra, axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(spectra[0], spectra[2], atol=1e-6)
-    np.testing.assert_allclose(spectra[0], spectra[1], atol=0.03)  # log-WCS image, different sampling
+    _write_fits_image(tmp_path / "g_image.fits", "G2V")
+    u = _user_data(tmp_path, grid)
+    assert u.names == ["g.csv", "g_image.fits", "g_table.fits"]
+    assert u.flux.shape == (3, len(grid)) and u.mask.min() == 1.0  # 3600-9300 A covers the whole grid
+    assert u.units["reader"] == {"text table": 1, "specutils wcs1d-fits": 1, "astropy FITS table": 1}
+    assert u.units["medium"] == {"air": 3} and u.units["wave_unit"] == {"Angstrom": 2, "dex(Angstrom)": 1}
+    np.testing.assert_allclose(np.median(u.flux, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(u.flux[0], u.flux[2], atol=1e-6)
+    np.testing.assert_allclose(u.flux[0], u.flux[1], atol=0.03)  # log-WCS image, different sampling
     expected = sp.normalise_continuum(sp.simulate(sp.load_templates(), *([np.array([25])] * 2), np.zeros(1),
                                                   np.zeros(1), np.full(1, 5000.0), np.zeros(1), np.zeros(1), grid, None,
                                                   None), grid)
     assert sp.load_templates().name[25] == "G2V"
-    assert np.median(np.abs(spectra[0] - expected[0])) < 0.02
+    assert np.median(np.abs(u.flux[0] - expected[0])) < 0.02
 
 
 def test_user_spectrum_errors(tmp_path):
@@ -298,34 +323,56 @@ def test_user_spectrum_errors(tmp_path):
     bad = wave.copy()
     bad[100] = bad[99]
     _write_csv(tmp_path / "order.csv", bad, flux)
-    with pytest.raises(DataError, match=r"order\.csv: wavelengths must increase, but row 100 has 3798 and row 101 has 3798"):
-        sp.load_user_spectra(tmp_path / "order.csv", grid)
+    with pytest.raises(DataError, match=r"order\.csv: column 'wavelength': wavelengths must increase, but row 99 has "
+                                        r"3798 and row 100 has 3798$"):
+        _user_data(tmp_path / "order.csv", grid)
+    nanw = wave.copy()
+    nanw[[5, 9]] = np.nan
+    _write_csv(tmp_path / "nanw.csv", nanw, flux)
+    with pytest.raises(DataError, match=r"nanw\.csv: column 'wavelength', line 7: expected a finite number.*"
+                                        r"\[2 bad rows in total\]"):
+        _user_data(tmp_path / "nanw.csv", grid)
+    # NaN fluxes are uncovered pixels (mask 0, flux 1 = the continuum); too many: below data.min_coverage.
     nan = flux.copy()
-    nan[:400] = np.nan
+    nan[:400] = np.nan  # 3600-4398 A
     _write_csv(tmp_path / "nan.csv", wave, nan)
-    with pytest.raises(DataError, match=rf"nan\.csv: 400 of {len(wave)} pixels are NaN"):
-        sp.load_user_spectra(tmp_path / "nan.csv", grid)
+    u = _user_data(tmp_path / "nan.csv", grid)
+    want = _pixels_covered(grid, wave[400], wave[-1])
+    assert int(want.sum()) == 850 and np.array_equal(u.mask[0], want.astype(np.float32))
+    assert u.mask[0, grid > 4405].all() and not u.mask[0, grid < 4395].any()
+    assert np.all(u.flux[0, u.mask[0] == 0] == 1.0) and np.median(u.flux[0, u.mask[0] == 1]) == pytest.approx(1.0)
+    with pytest.raises(DataError, match=r"nan\.csv: covers 83\.0% of the model grid 3800-9000 A \(850 of 1024 pixels; "
+                                        r"data 4400-9298 A\), below data\.min_coverage = 0\.9$"):
+        _user_data(tmp_path / "nan.csv", grid, min_coverage=0.9)
     few = flux.copy()
-    few[1000:1010] = np.nan  # a few NaNs are dropped, not fatal
+    few[1000:1010] = np.nan  # 5600-5618 A: a gap of 22 A between the good pixels at 5598 and 5620 A
     _write_csv(tmp_path / "few.csv", wave, few)
-    assert np.isfinite(sp.load_user_spectra(tmp_path / "few.csv", grid)[0]).all()
+    u = _user_data(tmp_path / "few.csv", grid)
+    want = _pixels_covered(grid, wave[0], wave[-1], gap=(wave[999], wave[1010]))
+    assert int((~want).sum()) == 5 and np.array_equal(u.mask[0], want.astype(np.float32))
+    assert np.isfinite(u.flux).all() and np.all(u.flux[0, ~want] == 1.0)
+    # A short spectrum is resampled with a mask, or refused below data.min_coverage.
     short = wave < 8000
     _write_csv(tmp_path / "short.csv", wave[short], flux[short])
-    with pytest.raises(DataError, match=r"short\.csv: covers 3600\.0-7998\.0 A but the model grid needs 3798\.\d-9003\.\d A"):
-        sp.load_user_spectra(tmp_path / "short.csv", grid)
+    u = _user_data(tmp_path / "short.csv", grid)
+    want = _pixels_covered(grid, wave[0], wave[short][-1])
+    assert int(want.sum()) == 883 and np.array_equal(u.mask[0], want.astype(np.float32))
+    with pytest.raises(DataError, match=r"short\.csv: covers 86\.2% of the model grid 3800-9000 A \(883 of 1024 "
+                                        r"pixels; data 3600-7998 A\), below data\.min_coverage = 0\.9$"):
+        _user_data(tmp_path / "short.csv", grid, min_coverage=0.9)
     _write_csv(tmp_path / "cols.csv", wave, flux, header=("x", "y"))
     with pytest.raises(DataError, match=r"cols\.csv: no wavelength column; expected one of .* found \['x', 'y'\]"):
-        sp.load_user_spectra(tmp_path / "cols.csv", grid)
-    (tmp_path / "spec.txt").write_text("1 2\n")
-    with pytest.raises(DataError, match="unsupported file type"):
-        sp.load_user_spectra(tmp_path / "spec.txt", grid)
+        _user_data(tmp_path / "cols.csv", grid)
+    (tmp_path / "spec.gif").write_text("1 2\n")
+    with pytest.raises(DataError, match=r"spec\.gif: unsupported spectrum file type; expected one of \['\.fits'"):
+        _user_data(tmp_path / "spec.gif", grid)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match="no spectrum files"):
-        sp.load_user_spectra(empty, grid)
+    with pytest.raises(DataError, match=r"empty: no spectrum files \(\.fits, .*\) in this directory"):
+        _user_data(empty, grid)
     fits.PrimaryHDU(np.ones(50, np.float32)).writeto(tmp_path / "nowcs.fits")
-    with pytest.raises(DataError, match="CRVAL1"):
-        sp.load_user_spectra(tmp_path / "nowcs.fits", grid)
+    with pytest.raises(DataError, match=r"nowcs\.fits: 1-D image needs WCS keywords CRVAL1 and CDELT1 \(or CD1_1\)"):
+        _user_data(tmp_path / "nowcs.fits", grid)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -1,4 +1,4 @@
-"""Stellar spectra: Pickles templates, a vectorised spectrum simulator and user-spectrum reading.
+"""Stellar spectra: Pickles templates, the model grid and a vectorised spectrum simulator.
 
 The bundled templates (``files/pickles_dwarfs.npz``, see ``PROVENANCE_pickles.md``) sit on a
 log-spaced "working" grid (3500-9500 A, 2048 pixels) so that a radial velocity is a shift and a
@@ -21,19 +21,14 @@ import numpy as np
 import scipy.fft
 
 from astroflax.data.cache import content_hash
-from astroflax.data.checks import ABS_MAX, fits_warnings, show_value
-from astroflax.errors import DataError
 
 FILES = Path(__file__).parent / "files"
 TEMPLATES_FILE = FILES / "pickles_dwarfs.npz"
 CLASS_NAMES = tuple("OBAFGKM")
 C_KMS = 299_792.458
 R_V = 3.1
-USER_SUFFIXES = (".csv", ".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
-WAVE_COLUMNS = ("wavelength", "wave", "lambda", "lam", "wl", "loglam")
 #: Accepted wavelengths (Angstrom): from the far UV (10 A) to the far infrared (1e7 A = 1 mm).
 WAVE_RANGE = (10.0, 1e7)
-FLUX_COLUMNS = ("flux", "f_lambda", "flam", "fl")
 
 __all__ = [
     "CLASS_NAMES",
@@ -45,9 +40,6 @@ __all__ = [
     "simulate",
     "sample_mixtures",
     "spectral_type",
-    "read_spectrum",
-    "resample_to_grid",
-    "load_user_spectra",
 ]
 
 
@@ -276,191 +268,3 @@ def sample_mixtures(
     idx_a, idx_b = pick(k), pick(kb)
     label = (1.0 - w) * scales[idx_a] + w * scales[idx_b]
     return idx_a, idx_b, w.astype(np.float32), label.astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- user spectra
-
-
-def _check_values(wave: np.ndarray, flux: np.ndarray, where: str, max_nan_fraction: float) -> tuple:
-    wave = np.asarray(wave, np.float64).ravel()
-    flux = np.asarray(flux, np.float64).ravel()
-    if len(wave) != len(flux):
-        raise DataError(f"{where}: {len(wave)} wavelengths but {len(flux)} flux values")
-    if len(wave) < 2:
-        raise DataError(f"{where}: need at least 2 spectrum pixels, got {len(wave)}")
-    bad = ~np.isfinite(wave) | ~np.isfinite(flux)
-    if bad.sum() > max_nan_fraction * len(wave):
-        raise DataError(
-            f"{where}: {int(bad.sum())} of {len(wave)} pixels are NaN/inf "
-            f"({bad.mean():.0%}; at most {max_nan_fraction:.0%} allowed)"
-        )
-    good = np.flatnonzero(~bad)
-    for name, values, ok, expected in (
-        ("wavelength", wave, (wave >= WAVE_RANGE[0]) & (wave <= WAVE_RANGE[1]),
-         f"a wavelength in Angstrom in [{WAVE_RANGE[0]:g}, {WAVE_RANGE[1]:g}]"),
-        ("flux", flux, np.abs(flux) <= ABS_MAX, f"a flux with |flux| <= {ABS_MAX:g} (rescale the spectrum)"),
-    ):
-        out = np.flatnonzero(~ok[good])
-        if out.size:
-            r = int(good[out[0]])
-            more = f" [{out.size} bad rows in total]" if out.size > 1 else ""
-            raise DataError(f"{where}: {name} at row {r + 1} is {show_value(values[r])}; expected {expected}{more}")
-    step = np.diff(wave[good])
-    if np.any(step <= 0):
-        j = int(np.flatnonzero(step <= 0)[0])
-        r0, r1 = good[j], good[j + 1]
-        raise DataError(
-            f"{where}: wavelengths must increase, but row {r0 + 1} has {wave[r0]:g} and row {r1 + 1} has {wave[r1]:g}"
-        )
-    return wave[good], flux[good]
-
-
-def _pick_column(columns: list[str], wanted: tuple[str, ...], what: str, where: str) -> str:
-    lower = {c.strip().lower(): c for c in columns}
-    for name in wanted:
-        if name in lower:
-            return lower[name]
-    raise DataError(f"{where}: no {what} column; expected one of {list(wanted)}, found {list(columns)}")
-
-
-def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path, comment="#")
-    except Exception as exc:  # pandas raises many types for malformed text
-        raise DataError(f"{path}: cannot read as CSV ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    cols = [str(c) for c in df.columns]
-    wcol = _pick_column(cols, WAVE_COLUMNS, "wavelength", str(path))
-    fcol = _pick_column(cols, FLUX_COLUMNS, "flux", str(path))
-    arrays = []
-    for col in (wcol, fcol):
-        vals = pd.to_numeric(df[col], errors="coerce")
-        text = vals.isna() & df[col].notna() & ~df[col].astype(str).str.strip().str.lower().isin(["nan", "inf", "-inf"])
-        if text.any():
-            row = int(np.flatnonzero(text.to_numpy())[0])
-            raise DataError(f"{path}: column {col!r} row {row + 1} is {df[col].iloc[row]!r}, expected a number")
-        arrays.append(vals.to_numpy(np.float64))
-    wave, flux = arrays
-    if wcol.strip().lower() == "loglam":
-        with np.errstate(over="ignore"):
-            wave = 10.0**wave
-    return wave, flux
-
-
-def _read_fits(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from astropy.io import fits
-
-    def first_line(exc: BaseException) -> str:
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-    try:
-        with fits_warnings(path):
-            hdul = fits.open(path, memmap=False)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read as FITS ({type(exc).__name__}: {first_line(exc)})") from None
-    try:
-        with hdul, fits_warnings(path):
-            return _spectrum_from_hdus(path, hdul)
-    except DataError:
-        raise
-    except Exception as exc:  # a truncated or damaged file fails when its data are read (e.g. "cannot reshape")
-        raise DataError(f"{path}: cannot read the FITS data, the file is truncated or damaged "
-                        f"({type(exc).__name__}: {first_line(exc)})") from None
-
-
-def _spectrum_from_hdus(path: Path, hdul) -> tuple[np.ndarray, np.ndarray]:
-    from astropy.io import fits
-
-    for i, hdu in enumerate(hdul):
-        if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)) and hdu.data is not None:
-            cols = list(hdu.columns.names)
-            where = f"{path} HDU {i}"
-            wcol = _pick_column(cols, WAVE_COLUMNS, "wavelength", where)
-            fcol = _pick_column(cols, FLUX_COLUMNS, "flux", where)
-            try:
-                wave = np.asarray(hdu.data[wcol], np.float64).ravel()
-                flux = np.asarray(hdu.data[fcol], np.float64).ravel()
-            except (TypeError, ValueError):
-                raise DataError(f"{where}: columns {wcol!r} and {fcol!r} must be numeric") from None
-            if wcol.lower() == "loglam":
-                with np.errstate(over="ignore"):
-                    wave = 10.0**wave
-            return wave, flux
-    for i, hdu in enumerate(hdul):
-        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.data is not None:
-            data = np.squeeze(np.asarray(hdu.data, np.float64))
-            where = f"{path} HDU {i}"
-            if data.ndim != 1:
-                raise DataError(f"{where}: image spectrum must be 1-D, got shape {hdu.data.shape}")
-            h = hdu.header
-            if "CRVAL1" not in h or ("CDELT1" not in h and "CD1_1" not in h):
-                raise DataError(f"{where}: 1-D image needs WCS keywords CRVAL1 and CDELT1 (or CD1_1)")
-            try:
-                delt = float(h["CDELT1"] if "CDELT1" in h else h["CD1_1"])
-                crval, crpix = float(h["CRVAL1"]), float(h.get("CRPIX1", 1.0))
-            except (TypeError, ValueError):
-                raise DataError(f"{where}: WCS keywords CRVAL1, CRPIX1 and CDELT1/CD1_1 must be numbers") from None
-            pix = np.arange(1, data.size + 1, dtype=np.float64)
-            coord = crval + (pix - crpix) * delt
-            with np.errstate(over="ignore"):
-                wave = 10.0**coord if str(h.get("DC-FLAG", 0)).strip() in ("1", "1.0", "True") else coord
-            return wave, data
-    raise DataError(f"{path}: no binary table with wavelength/flux columns and no 1-D image spectrum")
-
-
-def read_spectrum(path: str | Path, max_nan_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Wavelength (Angstrom, increasing) and flux of one CSV or FITS spectrum, NaN pixels dropped."""
-    path = Path(path)
-    name = path.name.lower()
-    if name.endswith(".csv"):
-        wave, flux = _read_csv(path)
-    elif name.endswith((".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")):
-        wave, flux = _read_fits(path)
-    else:
-        raise DataError(f"{path}: unsupported file type; expected one of {list(USER_SUFFIXES)}")
-    return _check_values(wave, flux, str(path), max_nan_fraction)
-
-
-def resample_to_grid(wave: np.ndarray, flux: np.ndarray, grid: np.ndarray, where: str = "spectrum") -> np.ndarray:
-    """Flux-conserving rebin onto the model's log pixels (mean flux density over each pixel)."""
-    edges = _pixel_edges(grid)
-    if wave[0] > edges[0] or wave[-1] < edges[-1]:
-        raise DataError(
-            f"{where}: covers {wave[0]:.1f}-{wave[-1]:.1f} A but the model grid needs {edges[0]:.1f}-{edges[-1]:.1f} A"
-        )
-    cum = np.concatenate([[0.0], np.cumsum(0.5 * (flux[1:] + flux[:-1]) * np.diff(wave))])
-    at = np.interp(edges, wave, cum)
-    return ((at[1:] - at[:-1]) / np.diff(edges)).astype(np.float32)
-
-
-def load_user_spectra(
-    path: str | Path, grid: np.ndarray, normalise: str = "median", max_nan_fraction: float = 0.1
-) -> tuple[np.ndarray, list[str]]:
-    """Spectra ``(N, len(grid))`` from a file or a directory of CSV/FITS files, and their names."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(USER_SUFFIXES))
-        if not files:
-            raise DataError(f"{path}: no spectrum files ({', '.join(USER_SUFFIXES)}) in this directory")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise DataError(f"{path}: no such file or directory")
-    rows = []
-    for f in files:
-        wave, flux = read_spectrum(f, max_nan_fraction)
-        rebinned = resample_to_grid(wave, flux, grid, str(f))
-        if not np.median(rebinned) > 0:
-            raise DataError(f"{f}: median flux in {grid[0]:.0f}-{grid[-1]:.0f} A is {np.median(rebinned):g}, expected > 0")
-        rows.append(rebinned)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        flux = normalise_continuum(np.stack(rows), grid, normalise)
-    bad = ~np.isfinite(flux).all(axis=1)
-    if bad.any():  # never hand NaN/inf to the model
-        f = files[int(np.flatnonzero(bad)[0])]
-        raise DataError(f"{f}: the flux is not finite after resampling and continuum normalisation ({normalise}); "
-                        "check the flux values of this spectrum")
-    return flux, [f.name for f in files]

@@ -450,10 +450,10 @@ def resample_with_coverage(raw: RawSpectrum, grid: np.ndarray) -> tuple[np.ndarr
     """``(flux, mask)`` on the model's log pixels: mean flux over the covered part of each pixel,
     inverse-variance weighted when the spectrum has errors; NaN flux where uncovered.
 
-    Each input interval between two good samples carries their mean flux and weight (trapezoid,
-    as :func:`astroflax.data.spectra.resample_to_grid`, which this equals for a full, unweighted
-    spectrum); cumulative sums interpolated at the pixel edges give each pixel's covered length,
-    weight and weighted flux.
+    Each input interval between two good samples carries their mean flux and weight (trapezoid
+    rule); cumulative sums interpolated at the pixel edges give each pixel's covered length,
+    weight and weighted flux. For a full, unweighted spectrum a pixel's flux is thus the
+    cumulative trapezoid integral of the flux between its edges divided by its width.
     """
     edges = _pixel_edges(grid)
     w = raw.wave

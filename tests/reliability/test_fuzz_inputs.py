@@ -25,9 +25,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from astroflax.data import digits, lightcurves, photometry, spectra, visits
+from astroflax.data import digits, lightcurves, photometry, spectra, spectra_io, visits
 from astroflax.data.checks import MAG_RANGE
 from astroflax.errors import DataError
+from astroflax.tasks.spectra import SpectraData
 from conftest import run_main
 
 NOISE = ("WARNING", "W1", "I1", "E1")  # absl / XLA log lines are not the CLI's output
@@ -701,12 +702,16 @@ def test_property_spectrum_reader(pixels):
     with tempfile.TemporaryDirectory() as tmp:
         path = write_csv(Path(tmp) / "s.csv", ["wavelength", "flux"], pixels)
         try:
-            wave, flux = spectra.read_spectrum(path)
+            raw = spectra_io.read_spectrum(path, SpectraData(wave_unit="Angstrom", flux_unit="erg/(s cm2 Angstrom)"))
         except DataError as exc:
-            return _refused(exc, path, also_ok=("pixels", "wavelengths"))
+            return _refused(exc, path, also_ok=("pixels", "wavelengths", "(an empty spectrum)"))
     event("accepted")
-    assert 2 <= len(wave) == len(flux) <= len(pixels) and np.isfinite(wave).all() and np.isfinite(flux).all()
-    assert np.all(np.diff(wave) > 0) and np.abs(flux).max() <= 1e30
+    # Every row is kept (a NaN flux is a bad pixel, flux 0, not good); wavelengths finite, increasing, in range.
+    assert 2 <= len(raw.wave) == len(raw.flux) == len(raw.good) == len(pixels) and raw.ivar is None
+    assert np.isfinite(raw.wave).all() and np.all(np.diff(raw.wave) > 0)
+    assert raw.wave.min() >= spectra.WAVE_RANGE[0] and raw.wave.max() <= spectra.WAVE_RANGE[1]
+    assert np.isfinite(raw.flux).all() and np.abs(raw.flux).max() <= 1e30
+    assert np.all(raw.flux[~raw.good] == 0.0)
 
 
 @st.composite
