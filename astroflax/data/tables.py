@@ -73,7 +73,9 @@ class Table:
     they are reported as missing values rather than read as the file's fill value.
     """
 
-    def __init__(self, path: Path, hdu: int | str | None = None):
+    def __init__(self, path: Path, hdu: int | str | None = None, skiprows: int = 0):
+        """``skiprows``: lines before a text table's header (e.g. a ``#key=value`` preamble);
+        rows are still named by their line in the file."""
         import pandas as pd
 
         self.path = path = Path(path)
@@ -91,8 +93,9 @@ class Table:
             else:
                 # skip_blank_lines=False keeps DataFrame index == file line - 2; empty rows dropped below.
                 sep = "\t" if suffix == ".tsv" else None if suffix in (".txt", ".dat") else ","
-                df = pd.read_csv(path, skipinitialspace=True, skip_blank_lines=False, sep=sep,
+                df = pd.read_csv(path, skipinitialspace=True, skip_blank_lines=False, sep=sep, skiprows=skiprows,
                                  engine="python" if sep is None else "c", comment="#" if sep is None else None)
+                df.index = df.index + skiprows
         except DataError:
             raise
         except pd.errors.EmptyDataError:

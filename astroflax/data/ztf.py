@@ -125,22 +125,9 @@ class ForcedPhotometryTable(Table):
     """
 
     def __init__(self, path: Path):
-        import pandas as pd
-
-        self.path = path = Path(path)
-        self.units, self.vectors, self.is_csv = {}, {}, True
-        self.header, n_header = _header(path)
-        try:
-            df = pd.read_csv(path, skiprows=n_header, skipinitialspace=True, skip_blank_lines=False)
-        except pd.errors.EmptyDataError:
-            raise DataError(f"{path}: no table after the #key=value header; expected a CSV header line") from None
-        except Exception as exc:
-            raise DataError(f"{path}: cannot read table: {first_line(exc)}") from exc
-        df.columns = [str(c).strip().lower() for c in df.columns]
-        if df.columns.duplicated().any():
-            raise DataError(f"{path}: column {df.columns[df.columns.duplicated()][0]!r} appears more than once")
-        df.index = df.index + n_header
-        self.df = df.dropna(how="all")
+        header, n_header = _header(Path(path))
+        super().__init__(Path(path), skiprows=n_header)
+        self.header = header
 
 
 def _bands(tab: ForcedPhotometryTable) -> np.ndarray:
