@@ -176,26 +176,170 @@ def require_finite_rows(arrays: dict, ids, where: str, what: str, hint: str = ""
                                  f"[{int(bad.sum())} of {len(a)} rows]{hint}")
 
 
+def _task_name(path: Path) -> str | None:
+    """The task of a run, ensemble or export directory, without loading any model (None if unknown)."""
+    import json
+
+    from astroflax.config import load_yaml_file
+
+    try:
+        if (path / "manifest.json").is_file():
+            return json.loads((path / "manifest.json").read_text()).get("task")
+        from astroflax.ensembles import is_ensemble_dir, read_ensemble
+
+        if is_ensemble_dir(path):
+            path = path / read_ensemble(path)["members"][0]
+        return load_yaml_file(path / "config.yaml").get("task")
+    except (OSError, ValueError, AttributeError, AstroflaxError):
+        return None  # the loaders below give the proper message
+
+
+def _streams(run_dir: Path, input: Path, mc_dropout: int) -> tuple[bool, str]:
+    """Whether ``predict`` streams this input (and why not, for the message if a streaming option was given)."""
+    from astroflax.data.tables import table_suffix
+    from astroflax.predict.sources import is_hats_catalogue
+    from astroflax.predict.tables import chunk_reader
+
+    task = _task_name(run_dir)
+    if task is None or chunk_reader(task) is None:
+        return False, f"task {task!r} reads its input whole (no chunked reader)"
+    if mc_dropout:
+        return False, "--mc-dropout draws its passes over the whole input"
+    if not (is_hats_catalogue(input) or (input.is_file() and table_suffix(input))):
+        return False, f"--input {input} is not a table file or a HATS catalogue"
+    return True, ""
+
+
+def _progress_bar():
+    """A rich progress bar on stderr with rows/s and the ETA (None when stderr is not a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if not err.is_terminal:
+        return None
+    return Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=err, transient=False)
+
+
 def predict(
     run_dir: RunDir,
     input: Annotated[Path, typer.Option(
-        "--input", "-i", help="input data (the task's layout, e.g. a directory of tables)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write")] = Path("predictions.csv"),
+        "--input", "-i", help="input data: the task's layout (e.g. a directory of tables); for table tasks "
+        "(photoz) a table file of any size (streamed) or a HATS catalogue directory")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="file to write: .csv, .parquet, or a name without suffix for a directory of "
+        "Parquet parts (a HATS catalogue for a HATS input)")] = Path("predictions.csv"),
     checkpoint: Checkpoint = "best",
     weights: Weights = "raw",
     mc_dropout: mc_dropout_option("average N stochastic (dropout) passes instead") = 0,
+    keep: Annotated[list[str] | None, typer.Option(
+        "--keep", help="input column to copy into the output (repeat for several); table inputs")] = None,
+    chunk_rows: Annotated[int, typer.Option(
+        "--chunk-rows", help="rows per chunk (memory and the unit of --resume); table inputs")] = 65536,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="continue an interrupted prediction from its OUTPUT.partial directory")] = False,
+    dask: Annotated[str | None, typer.Option(
+        "--dask", help="run the chunks on a Dask cluster: a scheduler address (tcp://host:8786) or local:N "
+        "for N local worker processes; needs the 'scale' extra of astroflax (Dask, LSDB)")] = None,
 ) -> None:
-    """Predict with a trained run (or ensemble) on new data; writes one row per object.
+    """Predict with a trained run (or ensemble, or export) on new data; writes one row per object.
 
+    Table inputs (photoz) are streamed in chunks: memory does not grow with the input, bad rows are
+    written with flag = 1 and the reason in 'problem', and nothing appears under OUTPUT until the
+    last chunk is done (an interrupted run continues with --resume).
     Classifier probabilities are temperature-scaled when the run's calibration.json matches the checkpoint.
     """
+    if not input.exists():
+        raise AstroflaxError(f"--input {input}: no such file or directory")
+    require_parent_dir(output, "--output")
+    streams, why_not = _streams(run_dir, input, mc_dropout)
+    if streams:
+        _predict_stream(run_dir, input, output, checkpoint, weights, tuple(keep or ()), chunk_rows, resume, dask)
+        return
+    given = [flag for flag, on in (("--keep", keep), ("--resume", resume), ("--dask", dask),
+                                   ("--chunk-rows", chunk_rows != 65536)) if on]
+    if given:
+        raise ConfigError(f"{given[0]} applies to streamed table inputs only: {why_not}")
+    _predict_in_memory(run_dir, input, output, checkpoint, weights, mc_dropout)
+
+
+def _predict_stream(run_dir: Path, input: Path, output: Path, checkpoint: str, weights: str, keep: tuple[str, ...],
+                    chunk_rows: int, resume: bool, dask: str | None) -> None:
+    """``predict`` of a table file or HATS catalogue in chunks (astroflax.predict)."""
+    from astroflax.predict.models import ModelRef, get_model
+    from astroflax.predict.stream import partial_dir
+
+    ref = ModelRef.of(run_dir, checkpoint, weights)
+    model = get_model(ref)  # the driver's copy: the reader settings, the summary (and one-line load errors)
+    try:
+        _run_stream(ref, model, input, output, keep, chunk_rows, resume, dask)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the finished work is kept in {partial_dir(output)}; run the same command "
+                  "with --resume to continue", highlight=False, markup=False)
+        raise
+
+
+def _run_stream(ref, model, input: Path, output: Path, keep: tuple[str, ...], chunk_rows: int, resume: bool,
+                dask: str | None) -> None:
+    from astroflax.predict.dask import chunk_runner, dask_client, predict_hats
+    from astroflax.predict.sources import is_hats_catalogue
+    from astroflax.predict.stream import stream_predict
+
+    with dask_client(dask) as client:
+        if is_hats_catalogue(input):
+            if output.suffix:
+                raise ConfigError(f"--output {output}: a HATS input gives a HATS catalogue; give a directory name "
+                                  "without a suffix")
+            s = predict_hats(ref, input, output, keep=keep, resume=resume, client=client, progress=err.is_terminal)
+            err.print(f"Wrote {s['rows']} predictions to the HATS catalogue {output} ({s['partitions']} partitions, "
+                      f"{s['model']})" + (f"; {s['bad']} bad input rows: flag = 1, the reason in column 'problem'"
+                                          if s["bad"] else ""), highlight=False, markup=False)
+            return
+        if client is not None and input.suffix.lower() in (".csv", ".gz", ".tsv", ".txt", ".dat"):
+            raise ConfigError(f"--dask with {input}: text tables cannot be split by row without reading them "
+                              "whole; convert it to Parquet first (e.g. pandas.read_csv(...).to_parquet(...))")
+        bar = _progress_bar()
+        state: dict = {}
+
+        def on_progress(done: int, total: int | None) -> None:
+            import time
+
+            if bar is None:
+                return
+            if "task" not in state:
+                state["t0"], state["done0"] = time.perf_counter(), done
+                state["task"] = bar.add_task("predict", total=total, completed=done, rate="")
+            rate = (done - state["done0"]) / max(time.perf_counter() - state["t0"], 1e-9)
+            bar.update(state["task"], completed=done, total=total, rate=f"{rate:,.0f} rows/s")
+
+        hdu = (model.info.get("reader") or {}).get("hdu")
+        try:
+            if bar is not None:
+                bar.start()
+            summary = stream_predict(ref, input, output, chunk_rows=chunk_rows, keep=keep, resume=resume, hdu=hdu,
+                                     on_progress=on_progress, runner=chunk_runner(client) if client else None)
+        finally:
+            if bar is not None:
+                bar.stop()
+    if model.note:
+        err.print(model.note, highlight=False, markup=False)
+    err.print(summary.text(), highlight=False, markup=False)
+
+
+def _predict_in_memory(run_dir: Path, input: Path, output: Path, checkpoint: str, weights: str,
+                       mc_dropout: int) -> None:
+    """``predict`` of inputs read whole by the task's ``load_inputs`` (folders of files, light curves)."""
     from astroflax.ensembles import open_run
     from astroflax.evaluate.uncertainty import predict_outputs
     from astroflax.runs import write_predictions
 
-    if not input.exists():
-        raise AstroflaxError(f"--input {input}: no such file or directory")
-    require_parent_dir(output, "--output")
     if (run_dir / "manifest.json").is_file():  # an `astroflax export` directory (docs/export_format.md)
         from astroflax.export.writer import predict_export_csv
 

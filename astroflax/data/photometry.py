@@ -496,7 +496,8 @@ def _flux_scale(cols: _Cols, spec: CatalogueSpec, first_col: str, pattern: str) 
                         f"magnitudes ({_first_line(exc)}); expected e.g. nanomaggy, uJy, nJy, Jy") from None
 
 
-def read_catalogue(path: str | Path, spec: CatalogueSpec, *, need_target: bool, min_bands: int = 0) -> Catalogue:
+def read_catalogue(path: str | Path, spec: CatalogueSpec, *, need_target: bool, min_bands: int = 0,
+                   table: Any = None) -> Catalogue:
     """Read and validate a catalogue of broad-band photometry (see :class:`CatalogueSpec`).
 
     Missing measurements (empty, NaN, a code in ``spec.sentinels``, flux <= 0, inverse
@@ -504,18 +505,20 @@ def read_catalogue(path: str | Path, spec: CatalogueSpec, *, need_target: bool, 
     everything else must be valid or a one-line DataError names file, column, row and value.
     With ``need_target`` (training) rows without a usable redshift, and rows with fewer than
     ``min_bands`` observed bands, are dropped and logged; prediction keeps every row.
+    ``table``: an already read :class:`~astroflax.data.tables.Table` (e.g. one chunk of a large
+    file, see :mod:`astroflax.predict.tables`) instead of reading ``path``.
     """
     from astroflax.data.tables import DropLog, Table, parse_split, table_suffix
 
     path = Path(path)
-    if not path.exists():
+    if table is None and not path.exists():
         raise DataError(f"{path}: no such file")
     bands = tuple(spec.bands)
     if len(bands) < 2 or len({b.lower() for b in bands}) != len(bands):
         raise DataError(f"data.bands = {list(bands)}: expected at least two distinct band names")
     if spec.flux is not None and spec.mag is not None:
         raise DataError("data.mag_columns and data.flux_columns are both set; give magnitudes or fluxes, not both")
-    tab = Table(path, hdu=spec.hdu)
+    tab = table if table is not None else Table(path, hdu=spec.hdu)
     n = len(tab.df) if len(tab.df.columns) else len(next(iter(tab.vectors.values()), []))
     if n == 0:
         raise DataError(f"{path}: table has no rows")
