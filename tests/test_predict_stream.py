@@ -142,6 +142,14 @@ def test_bad_rows_are_flagged_counted_and_named(trained, tmp_path, capsys):
     kept = got[got["flag"] == 0].reset_index(drop=True)
     assert kept["id"].tolist() == want["id"].tolist()
     np.testing.assert_allclose(kept["z_mean"], want["z_mean"], rtol=1e-6)  # the CSV holds 17 digits
+    # --bad-rows error: the first bad row is the run's one-line error, and nothing is left behind
+    strict = tmp_path / "strict.csv"
+    code, _, err = run_main(["predict", str(trained["export"]), "--input", str(tmp_path / "bad.csv"),
+                             "--output", str(strict), "--chunk-rows", "300", "--bad-rows", "error"], capsys)
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1 and "bad.csv: column 'mag_g', line 12" in lines[0] and "55.0" in lines[0], err
+    assert not strict.exists() and not (tmp_path / "strict.csv.partial").exists()
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(trained, tmp_path, capsys):

@@ -248,11 +248,15 @@ def predict(
     dask: Annotated[str | None, typer.Option(
         "--dask", help="run the chunks on a Dask cluster: a scheduler address (tcp://host:8786) or local:N "
         "for N local worker processes; needs the 'scale' extra of astroflax (Dask, LSDB)")] = None,
+    bad_rows: Annotated[str, typer.Option(
+        "--bad-rows", help="streamed table inputs: 'flag' writes a bad row with flag = 1 and the reason in "
+        "'problem' and goes on; 'error' stops at the first bad row with its one-line message (inputs read "
+        "whole, such as folders, always stop there)")] = "flag",
 ) -> None:
     """Predict with a trained run (or ensemble, or export) on new data; writes one row per object.
 
     Table inputs (photoz) are streamed in chunks: memory does not grow with the input, bad rows are
-    written with flag = 1 and the reason in 'problem', and nothing appears under OUTPUT until the
+    written with flag = 1 and the reason in 'problem' (or stop the run: --bad-rows error), and nothing appears under OUTPUT until the
     last chunk is done (an interrupted run continues with --resume).
     Classifier probabilities are temperature-scaled when the run's calibration.json matches the checkpoint.
     """
@@ -261,7 +265,10 @@ def predict(
     require_parent_dir(output, "--output")
     streams, why_not = _streams(run_dir, input, mc_dropout)
     if streams:
-        _predict_stream(run_dir, input, output, checkpoint, weights, tuple(keep or ()), chunk_rows, resume, dask)
+        if bad_rows not in ("flag", "error"):
+            raise ConfigError(f"--bad-rows {bad_rows}: expected flag or error")
+        _predict_stream(run_dir, input, output, checkpoint, weights, tuple(keep or ()), chunk_rows, resume, dask,
+                        bad_rows)
         return
     given = [flag for flag, on in (("--keep", keep), ("--resume", resume), ("--dask", dask),
                                    ("--chunk-rows", chunk_rows != 65536)) if on]
@@ -271,7 +278,7 @@ def predict(
 
 
 def _predict_stream(run_dir: Path, input: Path, output: Path, checkpoint: str, weights: str, keep: tuple[str, ...],
-                    chunk_rows: int, resume: bool, dask: str | None) -> None:
+                    chunk_rows: int, resume: bool, dask: str | None, bad_rows: str = "flag") -> None:
     """``predict`` of a table file or HATS catalogue in chunks (astroflax.predict)."""
     from astroflax.predict.models import ModelRef, get_model
     from astroflax.predict.stream import partial_dir
@@ -279,7 +286,7 @@ def _predict_stream(run_dir: Path, input: Path, output: Path, checkpoint: str, w
     ref = ModelRef.of(run_dir, checkpoint, weights)
     model = get_model(ref)  # the driver's copy: the reader settings, the summary (and one-line load errors)
     try:
-        _run_stream(ref, model, input, output, keep, chunk_rows, resume, dask)
+        _run_stream(ref, model, input, output, keep, chunk_rows, resume, dask, bad_rows)
     except KeyboardInterrupt:
         err.print(f"interrupted: the finished work is kept in {partial_dir(output)}; run the same command "
                   "with --resume to continue", highlight=False, markup=False)
@@ -287,13 +294,16 @@ def _predict_stream(run_dir: Path, input: Path, output: Path, checkpoint: str, w
 
 
 def _run_stream(ref, model, input: Path, output: Path, keep: tuple[str, ...], chunk_rows: int, resume: bool,
-                dask: str | None) -> None:
+                dask: str | None, bad_rows: str = "flag") -> None:
     from astroflax.predict.dask import chunk_runner, dask_client, predict_hats
     from astroflax.predict.sources import is_hats_catalogue
     from astroflax.predict.stream import stream_predict
 
     with dask_client(dask) as client:
         if is_hats_catalogue(input):
+            if bad_rows != "flag":
+                raise ConfigError(f"--bad-rows {bad_rows} with the HATS catalogue {input}: its partitions run in "
+                                  "parallel, so bad rows are always flagged (flag = 1, the reason in 'problem')")
             if output.suffix:
                 raise ConfigError(f"--output {output}: a HATS input gives a HATS catalogue; give a directory name "
                                   "without a suffix")
@@ -324,7 +334,8 @@ def _run_stream(ref, model, input: Path, output: Path, keep: tuple[str, ...], ch
             if bar is not None:
                 bar.start()
             summary = stream_predict(ref, input, output, chunk_rows=chunk_rows, keep=keep, resume=resume, hdu=hdu,
-                                     on_progress=on_progress, runner=chunk_runner(client) if client else None)
+                                     on_progress=on_progress, runner=chunk_runner(client) if client else None,
+                                     bad_rows=bad_rows)
         finally:
             if bar is not None:
                 bar.stop()

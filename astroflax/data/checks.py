@@ -98,11 +98,26 @@ def range_text(lo: float | None = None, hi: float | None = None, lo_open: bool =
 @contextlib.contextmanager
 def fits_warnings(path: Any) -> Iterator[list]:
     """Collect astropy's warnings while reading ``path`` instead of printing them (they are
-    several lines each); a "may have been truncated" warning becomes a one-line DataError."""
+    several lines each); a "may have been truncated" warning becomes a one-line DataError, and so
+    does an error raised while astropy warned of a damaged header (it is the cause, not the error)."""
+    damaged = ("truncated", "corrupted", "not multiple of 2880")
+
+    def first_damage(caught: list) -> str | None:
+        for w in caught:
+            text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
+            if any(d in str(w.message).lower() for d in damaged):
+                return text
+        return None
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield caught
-    for w in caught:
-        text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
-        if "truncated" in text.lower():
-            raise DataError(f"{path}: the FITS file is truncated or damaged ({text})")
+        try:
+            yield caught
+        except DataError:
+            text = first_damage(caught)
+            if text is None:
+                raise
+            raise DataError(f"{path}: the FITS file is truncated or damaged ({text})") from None
+    text = first_damage(caught)
+    if text is not None and "truncated" in text.lower():
+        raise DataError(f"{path}: the FITS file is truncated or damaged ({text})")

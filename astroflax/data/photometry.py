@@ -376,6 +376,15 @@ class CatalogueSpec:
         return cls(**d)
 
 
+def predict_spec(info: dict) -> CatalogueSpec:
+    """How ``predict`` reads a new catalogue for a model: as its training data were read
+    (``info["reader"]``), else (the bundled SDSS model, runs made before user data) the standard
+    column names with fluxes in SDSS nanomaggies, the unit that model was trained on."""
+    if "reader" in info:
+        return CatalogueSpec.from_info(info["reader"])
+    return CatalogueSpec(bands=tuple(info.get("bands", BANDS)), flux_unit="nanomaggy")
+
+
 @dataclass
 class Catalogue:
     """Validated photometry of the kept rows; missing bands have ``observed`` False (and 0 values)."""

@@ -210,7 +210,9 @@ def _fits_hdu(hdul, path: Path, hdu: int | str | None):
 def _fits_rows(path: Path, hdu: int | str | None) -> int:
     from astropy.io import fits
 
-    with fits.open(path, memmap=True) as hdul:
+    from astroflax.data.checks import fits_warnings
+
+    with fits_warnings(path), fits.open(path, memmap=True) as hdul:  # astropy's warnings are several lines
         return int(_fits_hdu(hdul, path, hdu).header.get("NAXIS2", 0))
 
 

@@ -10,7 +10,9 @@ no suffix. A crash, a SIGKILL or Ctrl-C therefore leaves nothing under ``OUT``, 
 work is (input size and mtime, model, chunk size, kept columns): a resume of other work is refused.
 
 Bad rows are written, not dropped: their prediction columns are null, ``flag`` is 1 and
-``problem`` holds the reader's message (file, row, column, value, why).
+``problem`` holds the reader's message (file, row, column, value, why). With
+``bad_rows="error"`` the first bad row stops the run with that message instead (and the work
+directory of a run that was not resumed is removed: nothing is left behind).
 """
 
 from __future__ import annotations
@@ -345,7 +347,7 @@ class Summary:
                + (f", {self.resumed_chunks} from the interrupted run" if self.resumed_chunks else "")
                + f"; {self.rows_per_second:,.0f} rows/s)")
         if self.bad:
-            msg += (f"\n{self.bad} bad input rows were not predicted: flag = 1, the reason in column 'problem'; "
+            msg += (f"\nwarning: {self.bad} bad input rows were not predicted: flag = 1, the reason in column 'problem'; "
                     "first: " + " | ".join(self.examples))
         return msg
 
@@ -463,14 +465,17 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
                    keep: tuple[str, ...] = (), resume: bool = False, hdu: Any = None,
                    on_progress: Callable[[int, int | None], None] | None = None,
                    runner: Callable[[Job, list[int], Progress], Iterator[dict]] | None = None,
-                   pipeline: bool = False) -> Summary:
+                   pipeline: bool = False, bad_rows: str = "flag") -> Summary:
     """Predict every row of ``input_path`` into ``output`` (see the module docstring).
 
     ``runner(job, todo, progress)`` yields the records of finished chunks (the Dask runner); by
     default chunks run here, in order, the input read once from front to back.
     ``on_progress(rows_done, rows_total)`` is called after every chunk. ``pipeline=True`` overlaps
     reading, predicting and writing in threads (slower on 2 cores with a small model: the GIL).
+    ``bad_rows``: ``"flag"`` writes bad rows with flag = 1; ``"error"`` stops at the first one.
     """
+    if bad_rows not in ("flag", "error"):
+        raise ConfigError(f"--bad-rows {bad_rows}: expected flag or error")
     if chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {chunk_rows}: expected at least 1")
     if output_kind(output) != "dataset" and output.is_dir():
@@ -494,6 +499,8 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
     merger = Merger(output) if not progress.done else None
 
     def record(rec: dict[str, Any]) -> None:
+        if bad_rows == "error" and rec["bad"]:
+            raise DataError(rec["examples"][0])
         progress.add(rec)
         state["rows"] += rec["stop"] - rec["start"]
         if on_progress:
@@ -508,13 +515,21 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
                 record(rec)
         else:
             _run_here(job, model, progress.done, record, merger, pipeline)
-    except BaseException:
+    except BaseException as exc:
         progress.close()
         if merger is not None:
             merger.abandon()
+        if isinstance(exc, DataError) and not resumed:  # a refused input: this run's work is of no use
+            shutil.rmtree(job.work_dir, ignore_errors=True)
         raise
     chunks = sorted(progress.done)
     recs = [progress.done[i] for i in chunks]
+    if sum(r["rows"] for r in recs) == 0:
+        progress.close()
+        if merger is not None:
+            merger.abandon()
+        shutil.rmtree(job.work_dir, ignore_errors=True)
+        raise DataError(f"{input_path}: table has no rows; expected one row per object to predict")
     examples = [e for r in recs for e in r["examples"]][:EXAMPLES]
     summary = Summary(output, sum(r["rows"] for r in recs), sum(r["bad"] for r in recs), len(chunks), resumed,
                       time.perf_counter() - t0, examples, model.source_text, resumed_rows)

@@ -95,8 +95,7 @@ def photoz_chunk(frame: Frame, cfg, info: dict) -> ChunkInputs:
     """photoz arrays for the rows of ``frame``, read as ``photoz.load_inputs`` reads a whole file."""
     from astroflax.data import photometry as phot
 
-    spec = (phot.CatalogueSpec.from_info(info["reader"]) if "reader" in info
-            else phot.CatalogueSpec(bands=tuple(info.get("bands", phot.BANDS))))
+    spec = phot.predict_spec(info)
     df = frame.df
     n = len(df)
     id_col = spec.id_column.lower() if spec.id_column else next((a for a in phot.ID_ALIASES if a in df.columns), None)

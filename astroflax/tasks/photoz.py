@@ -292,15 +292,10 @@ def build_model(cfg, info: dict, rngs) -> MLPRegressor:
 def load_inputs(cfg, info: dict, path: str | Path):
     """A catalogue in any accepted format, read with the column settings of the run's config
     (kept in ``info["reader"]``, also for runs on converted datasets; unset patterns = standard
-    names, so a model trained on SDSS fluxes also reads a table of magnitudes). No redshift needed."""
-    if "reader" in info:
-        spec = phot.CatalogueSpec.from_info(info["reader"])
-    else:  # the bundled model (ugriz, never saw a missing band), or a run made before user data
-        if tables.table_suffix(Path(path)) in (*tables.TEXT_SUFFIXES, ".fits", ".fit", ".fts", ".fits.gz", ""):
-            # CSV/FITS keep the strict reader (and messages) this model always had
-            p = phot.read_photometry(path)
-            return {"mag": p.mag, "mag_err": p.mag_err}, p.ids
-        spec = phot.CatalogueSpec(bands=tuple(info.get("bands", phot.BANDS)))
+    names, so a model trained on SDSS fluxes also reads a table of magnitudes). No redshift needed.
+    ``astroflax predict`` streams table files through the same reader (astroflax.predict.tables);
+    this whole-file read serves ``--mc-dropout`` and the Python API."""
+    spec = phot.predict_spec(info)
     cat = phot.read_catalogue(path, spec, need_target=False)
     arrays = {"mag": cat.mag, "mag_err": cat.mag_err}
     if info.get("use_mask"):
