@@ -15,7 +15,7 @@ from astroflax.data.store import load_dataset
 from astroflax.tasks import Task, get_task
 from astroflax.tasks.base import Dataset, LossFn, PredictFn
 from astroflax.train.optim import build_optimizer
-from astroflax.train.sharding import check_divisible, make_mesh, shard_state
+from astroflax.train.sharding import check_divisible, make_mesh, param_sharding, shard_state
 from astroflax.train.state import TrainState, create_state
 
 
@@ -83,6 +83,6 @@ def build_components(
     graphdef, state = create_state(model, tx, cfg.train.seed)
     return Components(
         cfg=cfg, task=task, info=info, dataset=dataset, mesh=mesh, graphdef=graphdef,
-        state=shard_state(state, mesh, getattr(cfg.train, "param_sharding", "replicated")), tx=tx, schedule=schedule, total_steps=total_steps,
+        state=shard_state(state, mesh, param_sharding(cfg)), tx=tx, schedule=schedule, total_steps=total_steps,
         loss_fn=task.make_loss_fn(cfg, info), predict_fn=task.make_predict_fn(cfg, info),
     )

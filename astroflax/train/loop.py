@@ -41,7 +41,7 @@ from astroflax.train.policies import EarlyStopping, SavePolicy, require_metric
 from astroflax.train.precision import all_finite
 from astroflax.train.predict import predict_arrays
 from astroflax.train.progress import TrainProgress
-from astroflax.train.sharding import place_like, process_rows, replicate, shard_batch
+from astroflax.train.sharding import param_sharding, place_like, process_rows, replicate, shard_batch
 from astroflax.train.signals import GracefulStop, preemption_service
 from astroflax.train.state import count_params
 from astroflax.train.step import (
@@ -178,7 +178,7 @@ class _Run:
         if self.primary:
             (self.run_dir / "data_info.json").write_text(json.dumps(json_safe(c.info), indent=1))
         step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim)
-        if getattr(cfg.train, "param_sharding", "replicated") == "fsdp":
+        if param_sharding(cfg) == "fsdp":
             # Pinned, so that every step keeps the state split (propagation alone may gather it).
             shardings = jax.tree.map(lambda x: x.sharding, self.state)
             acc_sharding = NamedSharding(c.mesh, PartitionSpec())

@@ -14,6 +14,7 @@ freshly initialised state, a metric accumulator) are placed with the same call.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -24,9 +25,17 @@ from astroflax.errors import ConfigError
 
 PARAM_SHARDINGS = ("replicated", "fsdp")
 
-#: Arrays smaller than this stay replicated under FSDP: splitting a bias or a LayerNorm scale
-#: saves nothing and costs a collective per use.
-FSDP_MIN_SIZE = 1024
+
+def param_sharding(cfg: Any) -> str:
+    """``train.param_sharding`` (replicated | fsdp). Until the config has that key, the
+    environment variable ``ASTROFLAX_PARAM_SHARDING`` stands in for it."""
+    if "param_sharding" in type(cfg.train).model_fields:
+        how = cfg.train.param_sharding
+    else:
+        how = os.environ.get("ASTROFLAX_PARAM_SHARDING") or "replicated"
+    if how not in PARAM_SHARDINGS:
+        raise ConfigError(f"config key 'train.param_sharding' = {how!r}: expected one of {', '.join(PARAM_SHARDINGS)}")
+    return how
 
 
 def make_mesh() -> Mesh:
@@ -57,9 +66,11 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def fsdp_spec(shape: tuple[int, ...], n: int) -> P:
-    """Split the largest axis divisible by the ``data`` axis size; small or indivisible arrays
-    stay replicated (optax state mirrors the parameters, so it is split the same way)."""
-    if int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE or n == 1:
+    """Split the largest axis divisible by the ``data`` axis size; scalars and indivisible
+    arrays stay replicated (optax state mirrors the parameters, so it is split the same way).
+    Every such array is split, small ones too: simple and exact; a size floor would save a
+    collective per tiny array (not measured here: the models of this repo fit on one device)."""
+    if n == 1:
         return P()
     for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
         if shape[axis] % n == 0:
