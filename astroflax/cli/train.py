@@ -107,14 +107,14 @@ def train(
     from astroflax.train.distributed import DistributedOptions, initialize
 
     # Before anything starts a JAX backend; a single process does not join (plain run).
-    multi = initialize(DistributedOptions.from_env(
+    joined = initialize(DistributedOptions.from_env(
         enabled=distributed, coordinator=coordinator, num_processes=num_processes, process_id=process_id,
         heartbeat_timeout=heartbeat_timeout))
-    primary = True
-    if multi:
+    multi, primary = False, True
+    if joined:
         import jax
 
-        primary = jax.process_index() == 0
+        multi, primary = jax.process_count() > 1, jax.process_index() == 0
     cfg = None
     if data is not None:
         from astroflax.cli.data import data_path_override

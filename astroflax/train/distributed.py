@@ -89,7 +89,9 @@ def detected_cluster() -> str | None:
             return False
 
     slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
-    if all(k in env for k in slurm) and many("SLURM_NTASKS"):
+    # SLURM_STEP_NUM_TASKS is srun's: a batch script calling astroflax directly (one process
+    # in an allocation of several tasks) must not wait for partners that never start.
+    if all(k in env for k in slurm) and many("SLURM_NTASKS") and many("SLURM_STEP_NUM_TASKS"):
         return "slurm"
     if "OMPI_MCA_orte_hnp_uri" in env and many("OMPI_COMM_WORLD_SIZE"):
         return "ompi"
