@@ -141,10 +141,11 @@ def train(
         raise typer.Exit(_signal_exit_code(result.stopped_by))
     if guard.requested:  # a signal after the loop had finished: do not start the evaluation
         raise _stopped_after_training(guard.name, result.run_dir, result.step)
-    err.print(
-        f"Finished at step {result.step} in {result.wall_time:.1f} s"
-        + (f" (early stopping; best step {result.best_step})" if result.stopped_by == "early_stopping" else "")
-    )
+    if primary:  # the other processes of a multi-process run report only warnings, errors and stops
+        err.print(
+            f"Finished at step {result.step} in {result.wall_time:.1f} s"
+            + (f" (early stopping; best step {result.best_step})" if result.stopped_by == "early_stopping" else "")
+        )
     if multi:
         # The evaluation commands run on one process; the checkpoint opens on any device count.
         if primary and evaluate_after:

@@ -51,9 +51,10 @@ from astroflax.train.step import (
     summarise_accumulator,
 )
 
-# Keys that may differ between the saved config and the config of a resumed run.
+# Keys that may differ between the saved config and the config of a resumed run. The parameter
+# placement is like the device count: a resume onto another one is exact to float tolerance.
 RESUMABLE_CHANGES = {"train.progress", "train.log_every", "name", "run_dir", "checkpoint.backup_dir",
-                     "checkpoint.backup_every", "study"}
+                     "checkpoint.backup_every", "study", "train.param_sharding"}
 
 
 def _finite_val(meta: dict) -> bool:

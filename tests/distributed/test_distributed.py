@@ -4,7 +4,7 @@ Same global batch whatever the process count: 2 processes x 2 devices train like
 4 devices (losses and parameters to 1e-5); a SIGTERM to one process stops both at the same
 step with a checkpoint, which resumes bitwise on 2 processes and reshards onto 1 x 4; a
 SIGKILL makes the survivor fail within the heartbeat timeout, and the last checkpoint resumes
-on 1 x 1; FSDP trains like replicated parameters.
+on 1 x 1; FSDP (on 2 x 2) trains like replicated parameters.
 """
 
 from __future__ import annotations
@@ -44,17 +44,13 @@ def test_two_processes_train_like_one(reference):
     assert (two / "metrics.jsonl").read_text().count('"split": "train"') == STEPS
 
 
-def test_fsdp_matches_replicated(reference, tmp_path):
+def _fsdp() -> tuple[list[str], dict | None]:
+    """Overrides and environment that select FSDP parameter sharding."""
     from astroflax.config import TrainConfig
 
     if "param_sharding" in TrainConfig.model_fields:
-        extra, env = ["train.param_sharding=fsdp"], None
-    else:  # until the config has the key (see astroflax.train.sharding.param_sharding)
-        extra, env = [], {"ASTROFLAX_PARAM_SHARDING": "fsdp"}
-    run_dir = tmp_path / "fsdp"
-    run(run_dir, 1, 4, extra=extra, env=env)
-    assert_close(train_losses(reference("1x4")), train_losses(run_dir), "replicated vs fsdp")
-    assert_states_close(final_state(reference("1x4")), final_state(run_dir), "replicated vs fsdp")
+        return ["train.param_sharding=fsdp"], None
+    return [], {"ASTROFLAX_PARAM_SHARDING": "fsdp"}  # until the config has the key (sharding.param_sharding)
 
 
 def _stopped_step(stderr: str) -> int:
@@ -89,9 +85,13 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes(reference, t
     assert train_losses(run_dir) == train_losses(reference("2x2"))
 
 
-def test_sigkill_of_one_process_fails_the_other_fast_then_resume_on_one(reference, tmp_path):
+def test_sigkill_of_one_fsdp_process_fails_the_other_fast_then_resume_on_one(reference, tmp_path):
+    """Also FSDP vs replicated: this run splits parameters and optimiser state over the 4
+    devices of 2 processes (each process writes its own shards of the checkpoint); its losses
+    match the replicated 2 x 2 reference, before the kill and after the 1 x 1 resume."""
     run_dir = tmp_path / "run"
-    procs = launch(run_dir, 2, 2)
+    extra, env = _fsdp()
+    procs = launch(run_dir, 2, 2, extra=extra, env=env)
     assert wait_for(lambda: 1 <= len(checkpoint_steps(run_dir)) and last_logged_step(run_dir) >= 25, procs), \
         finish(procs)
     procs[1].send_signal(signal.SIGKILL)
@@ -103,7 +103,9 @@ def test_sigkill_of_one_process_fails_the_other_fast_then_resume_on_one(referenc
     assert "another task died" in stderr or "unhealthy" in stderr, stderr[-3000:]
     assert waited < HEARTBEAT_S + 30, f"the survivor took {waited:.0f} s to stop"
     last = checkpoint_steps(run_dir)[-1]
-    # The last complete checkpoint (written by 2 processes) resumes on 1 process x 1 device.
-    stderr = run(run_dir, 1, 1, "--resume")[0]
+    before = train_losses(run_dir)[:last]
+    assert_close(train_losses(reference("2x2"))[:last], before, "fsdp vs replicated, 2 x 2")
+    # The last complete checkpoint (FSDP shards of 2 processes) resumes on 1 process x 1 device, replicated.
+    stderr = run(run_dir, 1, 1, "--resume", extra=[o.replace("fsdp", "replicated") for o in extra])[0]
     assert f"from checkpoint step {last}" in stderr
-    assert_close(train_losses(reference("2x2")), train_losses(run_dir), "2 x 2 resumed on 1 x 1")
+    assert_close(train_losses(reference("2x2")), train_losses(run_dir), "2 x 2 fsdp resumed on 1 x 1")
