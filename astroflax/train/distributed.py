@@ -137,7 +137,8 @@ def initialize(opts: DistributedOptions | None = None) -> bool:
         raise ConfigError(f"could not join the distributed run{where}: {line[:240]}") from exc
     from astroflax.train import signals
 
-    signals.use_preemption_service(True)
+    # With JAX's preemption service (on by default) SIGTERM is its notifier's, see signals.py.
+    signals.use_preemption_service(bool(jax.config.jax_enable_preemption_service))
     _hand_on_early_sigterm()
     return True
 
