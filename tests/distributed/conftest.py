@@ -92,9 +92,9 @@ def run(run_dir: Path, processes: int, devices: int, *flags: str, extra: list[st
     return [stderr for _, stderr in results]
 
 
-def train_losses(run_dir: Path) -> list[float]:
+def train_losses(run_dir: Path, split: str = "train") -> list[float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r["loss"] for r in rows if r["split"] == "train"]
+    return [r["loss"] if split == "train" else r["val_loss"] for r in rows if r["split"] == split]
 
 
 def last_logged_step(run_dir: Path) -> int:

@@ -37,6 +37,8 @@ pytestmark = pytest.mark.slow  # real multi-process training runs
 def test_two_processes_train_like_one(reference):
     one, two = reference("1x4"), reference("2x2")
     assert_close(train_losses(one), train_losses(two), "1 x 4 vs 2 x 2")
+    # Validation: each process read its rows of every batch, the predictions were gathered.
+    assert_close(train_losses(one, "val"), train_losses(two, "val"), "val_loss, 1 x 4 vs 2 x 2")
     assert_states_close(final_state(one), final_state(two), "final parameters, 1 x 4 vs 2 x 2")
     losses = train_losses(one)
     assert len(losses) == STEPS and losses[-1] < losses[0]  # it trained
