@@ -39,7 +39,7 @@ STEPS = 120
 OVERRIDES = ["model.hidden=[16]", "model.head=gaussian", "train.batch_size=64", f"train.steps={STEPS}",
              "train.eval_every=40", "checkpoint.every=10", "checkpoint.keep_latest=3", "train.log_every=1",
              "train.progress=false", "train.eval_batch_size=512"]
-HEARTBEAT_S = 5  # the dead-process timeout of these tests (the default is 60 s)
+HEARTBEAT_S = 5  # the dead-process timeout of the SIGKILL test (the default is 60 s)
 
 
 def free_port() -> int:
@@ -53,14 +53,16 @@ def train_args(run_dir: Path, extra: list[str] | None = None) -> list[str]:
 
 
 def launch(run_dir: Path, processes: int, devices: int, *flags: str, extra: list[str] | None = None,
-           env: dict | None = None) -> list[subprocess.Popen]:
-    """Start one run of ``processes`` processes x ``devices`` devices (one process: no flags)."""
+           env: dict | None = None, heartbeat: int | None = None) -> list[subprocess.Popen]:
+    """Start one run of ``processes`` processes x ``devices`` devices (one process: no flags).
+    ``heartbeat``: the dead-process timeout (default: astroflax's 60 s, which a loaded CI
+    machine never trips)."""
     port = free_port()
     procs = []
     for pid in range(processes):
         dist = ([] if processes == 1 else
                 ["--coordinator", f"localhost:{port}", "--num-processes", str(processes), "--process-id", str(pid),
-                 "--heartbeat-timeout", str(HEARTBEAT_S)])
+                 *(["--heartbeat-timeout", str(heartbeat)] if heartbeat else [])])
         full_env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "astroflax", *train_args(run_dir, extra), *dist, *flags],

@@ -93,7 +93,7 @@ def test_sigkill_of_one_fsdp_process_fails_the_other_fast_then_resume_on_one(ref
     match the replicated 2 x 2 reference, before the kill and after the 1 x 1 resume."""
     run_dir = tmp_path / "run"
     extra, env = _fsdp()
-    procs = launch(run_dir, 2, 2, extra=extra, env=env)
+    procs = launch(run_dir, 2, 2, extra=extra, env=env, heartbeat=HEARTBEAT_S)
     assert wait_for(lambda: 1 <= len(checkpoint_steps(run_dir)) and last_logged_step(run_dir) >= 25, procs), \
         finish(procs)
     procs[1].send_signal(signal.SIGKILL)
