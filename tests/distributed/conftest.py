@@ -33,12 +33,25 @@ if _NAME not in sys.modules:  # the parent conftest sets the session's cache dir
 from astroflax_tests_conftest import *  # noqa: E402,F401,F403
 from astroflax_tests_conftest import set_args  # noqa: E402
 
-# The tiniest photoz run. Steps are a few ms each, so a signal needs enough of them to land
-# mid-run: 120 steps, a checkpoint every 10.
-STEPS = 120
+# The tiniest photoz run. Steps take a few ms, so a signal needs enough of them to land mid-run
+# (measured: a SIGTERM at step ~30 stops both processes 6 steps later). Each validation and
+# checkpoint costs ~0.8 s, a process start ~10 s (imports): launches are what the tests cost.
+STEPS = 90
 OVERRIDES = ["model.hidden=[16]", "model.head=gaussian", "train.batch_size=64", f"train.steps={STEPS}",
-             "train.eval_every=40", "checkpoint.every=10", "checkpoint.keep_latest=3", "train.log_every=1",
+             "train.eval_every=30", "checkpoint.every=30", "checkpoint.keep_latest=3", "train.log_every=1",
              "train.progress=false", "train.eval_batch_size=512"]
+
+# One process needs no CLI: the run alone, as the CLI resolves it, without the HTML report
+# that ``astroflax train --no-evaluate`` still writes (~7 s).
+RUNNER = """
+import sys
+from pathlib import Path
+from astroflax.cli.common import resolve_config
+from astroflax.train.loop import train
+run_dir, resume, overrides = Path(sys.argv[1]), sys.argv[2] == "resume", sys.argv[3:]
+train(resolve_config("photoz", None, None, overrides, run_dir=run_dir, resume=resume or None),
+      resume=resume or None)
+"""
 HEARTBEAT_S = 5  # the dead-process timeout of the SIGKILL test (the default is 60 s)
 
 
@@ -60,13 +73,15 @@ def launch(run_dir: Path, processes: int, devices: int, *flags: str, extra: list
     port = free_port()
     procs = []
     for pid in range(processes):
-        dist = ([] if processes == 1 else
-                ["--coordinator", f"localhost:{port}", "--num-processes", str(processes), "--process-id", str(pid),
-                 *(["--heartbeat-timeout", str(heartbeat)] if heartbeat else [])])
         full_env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "astroflax", *train_args(run_dir, extra), *dist, *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env))
+        if processes == 1:
+            resume = "resume" if "--resume" in flags else "auto"
+            cmd = [sys.executable, "-c", RUNNER, str(run_dir), resume, *OVERRIDES, *(extra or [])]
+        else:
+            dist = ["--coordinator", f"localhost:{port}", "--num-processes", str(processes), "--process-id", str(pid),
+                    *(["--heartbeat-timeout", str(heartbeat)] if heartbeat else [])]
+            cmd = [sys.executable, "-m", "astroflax", *train_args(run_dir, extra), *dist, *flags]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env))
     return procs
 
 
@@ -88,10 +103,20 @@ def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[in
 
 def run(run_dir: Path, processes: int, devices: int, *flags: str, extra: list[str] | None = None,
         env: dict | None = None) -> list[str]:
-    results = finish(launch(run_dir, processes, devices, *flags, extra=extra, env=env))
-    for code, stderr in results:
-        assert code == 0, f"exit {code}:\n{stderr[-3000:]}"
-    return [stderr for _, stderr in results]
+    return run_together([(run_dir, processes, devices, flags, extra, env)])[0]
+
+
+def run_together(runs: list[tuple]) -> list[list[str]]:
+    """Several runs at once, each (run_dir, processes, devices, flags, extra, env): the tests'
+    cost is mostly process start-up (imports), which overlaps well on 2 cores."""
+    launched = [launch(d, p, n, *flags, extra=extra, env=env) for d, p, n, flags, extra, env in runs]
+    out = []
+    for procs in launched:
+        results = finish(procs)
+        for code, stderr in results:
+            assert code == 0, f"exit {code}:\n{stderr[-3000:]}"
+        out.append([stderr for _, stderr in results])
+    return out
 
 
 def train_losses(run_dir: Path, split: str = "train") -> list[float]:
@@ -118,7 +143,7 @@ def wait_for(predicate, procs: list[subprocess.Popen], timeout: float = 180.0) -
             return True
         if any(p.poll() is not None for p in procs):
             return False
-        time.sleep(0.002)
+        time.sleep(0.02)
     return False
 
 
@@ -168,22 +193,21 @@ def _shared_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """``reference(name) -> run directory``: "1x4" (one process, 4 devices) or "2x2" (two
-    processes, 2 devices each), uninterrupted; trained once per session."""
+    processes, 2 devices each), uninterrupted; both trained at once, once per session."""
     root = _shared_root(tmp_path_factory)
     root.mkdir(parents=True, exist_ok=True)
-    shapes = {"1x4": (1, 4), "2x2": (2, 2)}
 
     def get(name: str) -> Path:
-        run_dir = root / name
-        with open(root / f"{name}.lock", "w") as lock:
+        with open(root / "references.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (run_dir / "TRAINED").is_file():
-                run(run_dir, *shapes[name])
-                (run_dir / "TRAINED").write_text("ok\n")
-        return run_dir
+            if not (root / "TRAINED").is_file():
+                run_together([(root / "1x4", 1, 4, (), None, None), (root / "2x2", 2, 2, (), None, None)])
+                (root / "TRAINED").write_text("ok\n")
+        return root / name
 
     return get
 
 
 __all__ = ["HEARTBEAT_S", "OVERRIDES", "STEPS", "assert_close", "assert_states_close", "checkpoint_steps",
-           "final_state", "finish", "launch", "last_logged_step", "run", "signal", "train_losses", "wait_for"]
+           "final_state", "finish", "launch", "last_logged_step", "run", "run_together", "signal", "train_losses",
+           "wait_for"]
