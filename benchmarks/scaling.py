@@ -13,6 +13,9 @@ Throughput is the median of the logged ``samples_per_s`` after the first quarter
 (compilation and warm-up excluded), from process 0's ``metrics.jsonl``.
 
     python benchmarks/scaling.py [--task photoz] [--steps 400] [--batch 1024] [--set KEY=VALUE ...]
+
+Measured (2-core machine, ``--repeats 1 --steps 300``): 1 x 4 24,200 samples/s, 2 x 2 17,200
+samples/s, ratio 0.71.
 """
 
 from __future__ import annotations
