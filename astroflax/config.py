@@ -194,6 +194,9 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     nonfinite: NonFiniteConfig = Field(default_factory=NonFiniteConfig, description="divergence policy")
     progress: bool = Field(True, description="show a progress bar on a terminal")
+    param_sharding: Literal["replicated", "fsdp"] = Field(
+        "replicated", description="parameters and optimiser state: a full copy on every device, or split "
+        "FSDP-style over the data axis so that a state larger than one device fits (docs/distributed.md)")
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":

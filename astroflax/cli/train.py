@@ -88,8 +88,33 @@ def train(
     data: Annotated[Optional[str], typer.Option(
         "--data", help="a converted dataset directory (astroflax data convert, streamed from disk) or the "
         "task's user data (data.path)")] = None,
+    distributed: Annotated[Optional[bool], typer.Option(
+        "--distributed/--no-distributed", help="join a multi-process run with jax.distributed (SLURM, Open MPI, "
+        "TPU, Kubernetes detected; default: automatic inside a multi-task SLURM/Open MPI job); see "
+        "docs/distributed.md")] = None,
+    coordinator: Annotated[Optional[str], typer.Option(
+        "--coordinator", help="HOST:PORT of process 0 (with --num-processes and --process-id; env "
+        "ASTROFLAX_COORDINATOR)")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(
+        "--num-processes", help="processes in the run (env ASTROFLAX_NUM_PROCESSES)", min=1)] = None,
+    process_id: Annotated[Optional[int], typer.Option(
+        "--process-id", help="this process, 0..N-1 (env ASTROFLAX_PROCESS_ID)", min=0)] = None,
+    heartbeat_timeout: Annotated[Optional[int], typer.Option(
+        "--heartbeat-timeout", help="seconds without a heartbeat after which a process counts as dead and the "
+        "others stop (default 60; env ASTROFLAX_HEARTBEAT_TIMEOUT)", min=1)] = None,
 ) -> None:
     """Train TASK; checkpoints, metrics and the evaluation land in the run directory."""
+    from astroflax.train.distributed import DistributedOptions, initialize
+
+    # Before anything starts a JAX backend; a single process does not join (plain run).
+    joined = initialize(DistributedOptions.from_env(
+        enabled=distributed, coordinator=coordinator, num_processes=num_processes, process_id=process_id,
+        heartbeat_timeout=heartbeat_timeout))
+    multi, primary = False, True
+    if joined:
+        import jax
+
+        multi, primary = jax.process_count() > 1, jax.process_index() == 0
     cfg = None
     if data is not None:
         from astroflax.cli.data import data_path_override
@@ -106,6 +131,8 @@ def train(
         except InterruptedTwice:
             raise _interrupted_twice(cfg.resolved_run_dir() if cfg is not None else run_dir) from None
     resume_cmd = f"astroflax train {cfg.task} --run-dir {result.run_dir} --resume"
+    if multi:
+        resume_cmd += "  (on every process, with the same launch and distributed options)"
     if result.stopped_by and result.stopped_by.startswith("SIG"):
         err.print(
             f"[yellow]Stopped by {result.stopped_by} at step {result.step}/{result.total_steps}; "
@@ -114,10 +141,17 @@ def train(
         raise typer.Exit(_signal_exit_code(result.stopped_by))
     if guard.requested:  # a signal after the loop had finished: do not start the evaluation
         raise _stopped_after_training(guard.name, result.run_dir, result.step)
-    err.print(
-        f"Finished at step {result.step} in {result.wall_time:.1f} s"
-        + (f" (early stopping; best step {result.best_step})" if result.stopped_by == "early_stopping" else "")
-    )
+    if primary:  # the other processes of a multi-process run report only warnings, errors and stops
+        err.print(
+            f"Finished at step {result.step} in {result.wall_time:.1f} s"
+            + (f" (early stopping; best step {result.best_step})" if result.stopped_by == "early_stopping" else "")
+        )
+    if multi:
+        # The evaluation commands run on one process; the checkpoint opens on any device count.
+        if primary and evaluate_after:
+            err.print(f"Evaluation is not run inside a multi-process job; run it on one process with:\n"
+                      f"  astroflax evaluate {result.run_dir}", highlight=False, markup=False)
+        return
     _finish(result.run_dir, evaluate_after)
 
 

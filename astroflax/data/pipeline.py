@@ -43,14 +43,21 @@ class TrainStream:
 
     ``get_state``/``set_state`` capture the position exactly; the state carries the dataset
     version, so restoring it onto different data fails loudly instead of silently diverging.
+
+    Several processes (``jax.distributed``): every process runs the same index stream (same
+    seed) and reads only its rows ``[p*B/P, (p+1)*B/P)`` of each global batch of ``B`` indices.
+    A step therefore sees the same examples whatever the process count, and the iterator
+    state, a position in the index stream, is the same on every process: one saved state
+    resumes any process count (Grain's ``ShardByJaxProcess`` would instead shard the examples,
+    which changes the order with the number of processes).
     """
 
     def __init__(self, data: dict[str, np.ndarray] | Any, batch_size: int, seed: int, version: str,
-                 prefetch: int = 4, threads: int = 1):
+                 prefetch: int = 4, threads: int = 1, process_index: int = 0, process_count: int = 1):
         """``data``: a dict of arrays (in memory) or a random-access source of examples (a
         converted dataset on disk: :class:`~astroflax.data.store.RecordSource`). The order of
         examples depends only on the seed and the number of examples, so both give the same
-        batches."""
+        batches. ``process_index``/``process_count``: read this process's rows of each batch."""
         self.version = version
         source = ArraySource(data) if isinstance(data, dict) else data
         self.num_examples = len(source)
@@ -59,13 +66,20 @@ class TrainStream:
                 f"config key 'train.batch_size' = {batch_size}: larger than the training split "
                 f"({self.num_examples} examples); use at most {self.num_examples}"
             )
+        if batch_size % process_count:
+            raise ConfigError(f"config key 'train.batch_size' = {batch_size}: must be a multiple of the "
+                              f"{process_count} processes")
         dataset = (
             grain.MapDataset.range(self.num_examples)
             .shuffle(seed=seed)
             .repeat(None)
             .batch(batch_size, drop_remainder=True)
-            .map(source.read_batch)
         )
+        if process_count > 1:  # this process's block of the global batch of indices
+            per = batch_size // process_count
+            rows = slice(process_index * per, (process_index + 1) * per)
+            dataset = dataset.map(lambda indices: indices[rows])
+        dataset = dataset.map(source.read_batch)
         read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
         self._iter = iter(dataset.to_iter_dataset(read))
 

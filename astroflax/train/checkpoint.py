@@ -19,6 +19,13 @@ the write itself runs out of space, reported as one line, with the partial step 
 earlier checkpoints intact. ``checkpoint.backup_dir`` receives a copy of every k-th committed
 checkpoint (``checkpoint.backup_every``); restore falls back to it when the primary copy of a
 step is damaged or missing.
+
+Several processes (``jax.distributed``): Orbax's CheckpointManager does the multi-host work
+-- every process writes its shards of the arrays, process 0 writes the JSON items and commits
+the step. What astroflax adds on disk (checksums, backups, moving a damaged step aside,
+removing a partial one) is done by process 0 alone; every process runs the same checks, so
+all take the same decisions. A restore reads onto the shardings of the live state, so a
+checkpoint of 2 processes x 2 devices opens on 1 x 1 or 1 x 4 (Orbax reshards).
 """
 
 from __future__ import annotations
@@ -217,6 +224,10 @@ def write_checksums(step_dir: Path) -> None:
     os.replace(tmp, step_dir / CHECKSUM_FILE)
 
 
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
 def _stderr_warning(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -410,6 +421,11 @@ class Checkpointer:
         else:
             self._committed(step)
 
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every process of a ``jax.distributed`` run has reached the step JAX's
+        preemption service chose after a SIGTERM to any of them (Orbax asks the same service)."""
+        return self._mgr is not None and bool(self._mgr.reached_preemption(step))
+
     def wait(self) -> None:
         """Block until the save in flight is on disk; its failure is raised here (one line)."""
         self._settle()
@@ -485,6 +501,8 @@ class Checkpointer:
 
     def _committed(self, step: int) -> None:
         self._commits += 1
+        if not _primary():  # process 0 records checksums and makes the backups
+            return
         try:
             write_checksums(self.directory / str(step))
         except OSError as exc:  # the step is committed and usable; only bit rot would go unnoticed
@@ -494,7 +512,7 @@ class Checkpointer:
 
     def _remove_partial(self, step: int) -> None:
         """Remove what a failed save of ``step`` left: its temporary directory, or an uncommitted final one."""
-        if not self.directory.is_dir():
+        if not self.directory.is_dir() or not _primary():
             return
         for p in self.directory.iterdir():
             partial = p.name.startswith(f"{step}{TMP_MARKER}") or (
@@ -745,7 +763,7 @@ class Checkpointer:
     def _set_aside(self, damage: DamagedCheckpoint) -> Path | None:
         """Move a damaged step to ``<dir>/damaged/<step>-<reason>/`` (never deleted)."""
         src = damage.directory / str(damage.step)
-        if not src.exists():
+        if not src.exists() or not _primary():  # process 0 moves it; the others skip it alike
             return None
         root = damage.directory / DAMAGED_DIR
         dst = root / f"{damage.step}-{damage.reason}"

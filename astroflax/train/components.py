@@ -15,7 +15,7 @@ from astroflax.data.store import load_dataset
 from astroflax.tasks import Task, get_task
 from astroflax.tasks.base import Dataset, LossFn, PredictFn
 from astroflax.train.optim import build_optimizer
-from astroflax.train.sharding import check_divisible, make_mesh, replicate
+from astroflax.train.sharding import check_divisible, make_mesh, param_sharding, shard_state
 from astroflax.train.state import TrainState, create_state
 
 
@@ -61,7 +61,8 @@ def build_components(
     mesh: Any = None,
 ) -> Components:
     """Data (unless ``info`` is given: a checkpoint's data facts), model, optimiser, loss and
-    predict functions, and the replicated train state.
+    predict functions, and the train state placed on the mesh: replicated, or split over the
+    ``data`` axis with ``train.param_sharding: fsdp``.
 
     ``init_params(state) -> state`` (fine-tuning) replaces the freshly initialised parameters
     and batch statistics before the optimiser state is created.
@@ -82,6 +83,6 @@ def build_components(
     graphdef, state = create_state(model, tx, cfg.train.seed)
     return Components(
         cfg=cfg, task=task, info=info, dataset=dataset, mesh=mesh, graphdef=graphdef,
-        state=replicate(state, mesh), tx=tx, schedule=schedule, total_steps=total_steps,
+        state=shard_state(state, mesh, param_sharding(cfg)), tx=tx, schedule=schedule, total_steps=total_steps,
         loss_fn=task.make_loss_fn(cfg, info), predict_fn=task.make_predict_fn(cfg, info),
     )

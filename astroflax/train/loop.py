@@ -6,6 +6,12 @@ to hooks registered with an interval. Everything that decides the next step (par
 optimiser state, step, RNG, data-iterator position, early-stopping counters) is checkpointed,
 so a resumed run ends bitwise identical to an uninterrupted one. Evaluating the test split,
 calibration and reports are separate steps (``astroflax.evaluate``), composed by the CLI.
+
+Several processes (``jax.distributed``, see ``astroflax.train.distributed``) run this same
+loop in lockstep: every decision (validation, early stopping, checkpoints, rollbacks) is taken
+on values all processes hold identically, process 0 alone writes the run's logs, TensorBoard
+and summaries, and a SIGTERM to any process stops all of them at the step JAX's preemption
+service agrees on, each saving its part of the same checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 from rich.console import Console
 
 from astroflax.config import ExperimentConfig, finalize_config, load_yaml_file
@@ -34,8 +41,8 @@ from astroflax.train.policies import EarlyStopping, SavePolicy, require_metric
 from astroflax.train.precision import all_finite
 from astroflax.train.predict import predict_arrays
 from astroflax.train.progress import TrainProgress
-from astroflax.train.sharding import replicate, shard_batch
-from astroflax.train.signals import GracefulStop
+from astroflax.train.sharding import param_sharding, place_like, process_rows, replicate, shard_batch
+from astroflax.train.signals import GracefulStop, preemption_service
 from astroflax.train.state import count_params
 from astroflax.train.step import (
     init_accumulator,
@@ -44,15 +51,28 @@ from astroflax.train.step import (
     summarise_accumulator,
 )
 
-# Keys that may differ between the saved config and the config of a resumed run.
+# Keys that may differ between the saved config and the config of a resumed run. The parameter
+# placement is like the device count: a resume onto another one is exact to float tolerance.
 RESUMABLE_CHANGES = {"train.progress", "train.log_every", "name", "run_dir", "checkpoint.backup_dir",
-                     "checkpoint.backup_every", "study"}
+                     "checkpoint.backup_every", "study", "train.param_sharding"}
 
 
 def _finite_val(meta: dict) -> bool:
     """A checkpoint to roll back to: its validation metrics (if any) are all finite."""
     val = meta.get("val_metrics") or {}
     return all(not isinstance(v, (int, float)) or math.isfinite(v) for v in val.values())
+
+
+class _NoMetrics:
+    """The metrics log of a process other than 0 (process 0 writes the run's files)."""
+
+    def write(self, *args: Any, **kw: Any) -> None: ...
+
+    def event(self, *args: Any, **kw: Any) -> None: ...
+
+    def rewind(self, *args: Any, **kw: Any) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class RolledBack(Exception):
@@ -119,14 +139,18 @@ class _Run:
 
     def __init__(self, cfg: ExperimentConfig, c: Components, run_dir: Path, console: Console,
                  on_validation: Callable[[int, dict], bool] | None = None):
-        self.cfg, self.c, self.run_dir, self.console = cfg, c, run_dir, console
+        self.primary = jax.process_index() == 0
+        # Processes other than 0 print warnings and errors (stderr, logging), not progress.
+        self.console = console if self.primary else Console(stderr=True, quiet=True)
+        self.cfg, self.c, self.run_dir = cfg, c, run_dir
         self.on_validation = on_validation
         self.stop_asked = False  # by on_validation (a pruner's verdict)
         train = c.dataset.split("train")
         self.train_arrays = device_view(c.task, train)  # a converted dataset's split streams from disk
         self.num_train = split_rows(train)
         self.val_arrays = c.dataset.split("val")
-        self.stream = TrainStream(self.train_arrays, cfg.train.batch_size, seed=cfg.train.seed, version=c.dataset.version)
+        self.stream = TrainStream(self.train_arrays, cfg.train.batch_size, seed=cfg.train.seed, version=c.dataset.version,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
         self.ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
         self.stopper = EarlyStopping(cfg.train.early_stopping)
         self.state, self.step = c.state, 0
@@ -146,25 +170,39 @@ class _Run:
 
     def start_fresh(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
+        if self.primary:
+            (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
 
     def compile(self) -> None:
         """The jitted train and predict steps, the on-device metric accumulator, the metrics log."""
         cfg, c = self.cfg, self.c
-        (self.run_dir / "data_info.json").write_text(json.dumps(json_safe(c.info), indent=1))
+        if self.primary:
+            (self.run_dir / "data_info.json").write_text(json.dumps(json_safe(c.info), indent=1))
         step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim)
-        self.jit_step = jax.jit(step, donate_argnums=(0, 1))
+        if param_sharding(cfg) == "fsdp":
+            # Pinned, so that every step keeps the state split (propagation alone may gather it).
+            shardings = jax.tree.map(lambda x: x.sharding, self.state)
+            acc_sharding = NamedSharding(c.mesh, PartitionSpec())
+            self.jit_step = jax.jit(step, donate_argnums=(0, 1), out_shardings=(shardings, acc_sharding))
+        else:
+            self.jit_step = jax.jit(step, donate_argnums=(0, 1))
         self.predict = jax.jit(make_predict_step(c.graphdef, c.predict_fn))
         self.score = c.task.scorer(cfg, c.info)
-        example = shard_batch(first_rows(self.train_arrays, cfg.train.batch_size), c.mesh)
+        example = first_rows(self.train_arrays, cfg.train.batch_size)
+        if jax.process_count() > 1:  # each process holds its rows of a batch
+            example = {k: v[process_rows(cfg.train.batch_size)] for k, v in example.items()}
+        example = shard_batch(example, c.mesh)
         acc = jax.eval_shape(step, self.state, init_accumulator([]), example)[1]
         self.metric_names = [k for k in acc if k != "count"]
         self.acc = self.fresh_acc()
-        self.writer = MetricsWriter(self.run_dir, resume_step=self.step)  # a fresh start drops logs of a run killed before its 1st save
+        # A fresh start drops logs of a run killed before its 1st save.
+        self.writer = MetricsWriter(self.run_dir, resume_step=self.step) if self.primary else _NoMetrics()
         self.log_checkpoint_events()
         self.console.print(
             f"Training [bold]{c.task.name}[/] ({count_params(self.state.params):,} parameters) for {c.total_steps} "
-            f"steps, batch {cfg.train.batch_size} on {c.mesh.devices.size} device(s); run directory {self.run_dir}"
+            f"steps, batch {cfg.train.batch_size} on {c.mesh.devices.size} device(s)"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + f"; run directory {self.run_dir}"
         )
 
     def fresh_acc(self) -> dict:
@@ -255,8 +293,8 @@ class _Run:
         target, state, data_state, meta = self.ckpt.restore_latest(abstract_like(self.state), at_most=target,
                                                                    accept=_finite_val)
         new_scale = scale * nf.lr_factor
-        self.state = state.replace(lr_scale=jax.device_put(jnp.float32(new_scale), state.lr_scale.sharding),
-                                   nonfinite_streak=jax.device_put(jnp.int32(0), state.nonfinite_streak.sharding))
+        self.state = state.replace(lr_scale=place_like(jnp.float32(new_scale), state.lr_scale),
+                                   nonfinite_streak=place_like(jnp.int32(0), state.nonfinite_streak))
         self.stream.set_state(data_state)
         self.stopper = EarlyStopping(self.cfg.train.early_stopping, meta.get("early_stopping"))
         self.step, self.saver.last_saved, self.acc = target, target, self.fresh_acc()
@@ -300,7 +338,8 @@ class _Run:
             val_metrics=self.last_val, wall_time=time.perf_counter() - t_start, first_step_time=self.first_step_time,
         )
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
-        (self.run_dir / "train_summary.json").write_text(json.dumps(json_safe(summary), indent=1))
+        if self.primary:
+            (self.run_dir / "train_summary.json").write_text(json.dumps(json_safe(summary), indent=1))
         return result
 
 
@@ -333,20 +372,27 @@ def train(
     hooks.add(run.validate, every=(cfg.train.eval_every, cfg.checkpoint.every))  # a checkpoint needs val metrics
 
     # ===================================================================== loop
+    # Several processes: a stop is where JAX's preemption service has every process agree
+    # (reached_preemption is asked at every step, by every process); one process: the signal.
+    multi = preemption_service()
+    preempted = False
     try:
         with GracefulStop() as stop, run.progress():
             # A run restored from an early stop has nothing left to do: the check comes first.
-            while run.step < c.total_steps and not run.stopper.should_stop and not stop.requested and not run.stop_asked:
+            while (run.step < c.total_steps and not run.stopper.should_stop and not run.stop_asked
+                   and not (preempted if multi else stop.requested)):
                 run.train_step(t_start)
                 try:
                     hooks.run(run.step, last=run.step == c.total_steps)
                 except RolledBack:
-                    continue  # the run went back to a checkpoint; carry on from there
+                    pass  # the run went back to a checkpoint; carry on from there
+                if multi:
+                    preempted = run.ckpt.reached_preemption(run.step)
             if run.stopper.should_stop:
                 run.stopped_by = "early_stopping"
                 run.bar.line(f"Early stopping at step {run.step}: {run.stopper.describe()}.")
-            elif stop.requested:
-                run.stopped_by = stop.name
+            elif preempted or (stop.requested and not multi):
+                run.stopped_by = stop.name or "SIGTERM"
             elif run.stop_asked and run.step < c.total_steps:
                 run.stopped_by = "on_validation"
             if run.stopped_by:

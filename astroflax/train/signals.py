@@ -12,6 +12,11 @@ so a Ctrl-C during start-up (which would otherwise raise ``KeyboardInterrupt`` w
 main thread happens to be, where a library may swallow it) is seen by the loop, which then
 stops before (or right after) its first step with a checkpoint. The record is cleared when the outermost
 instance is entered.
+
+In a multi-process run (``jax.distributed``) SIGTERM belongs to JAX's preemption service: its
+notifier tells every process, and the loop stops where
+``CheckpointManager.reached_preemption`` agrees, so all processes save the same step. There
+the guard handles SIGINT only, and a first Ctrl-C is handed on to that service as a SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import signal
 import threading
 from types import FrameType
 
-__all__ = ["GracefulStop", "InterruptedTwice", "cancel_deferred", "defer_while_importing"]
+__all__ = ["GracefulStop", "InterruptedTwice", "cancel_deferred", "defer_while_importing", "use_preemption_service"]
 
 #: Seconds between retries of an interrupt that arrived while a module was being imported.
 IMPORT_RETRY_S = 0.05
@@ -65,6 +70,18 @@ class InterruptedTwice(KeyboardInterrupt):
     """A second SIGINT while a stop was already pending: abort without saving."""
 
 
+_PREEMPTION = {"service": False}  # SIGTERM is JAX's (a multi-process run): see use_preemption_service
+
+
+def use_preemption_service(on: bool) -> None:
+    """Leave SIGTERM to JAX's preemption notifier (set once ``jax.distributed`` is initialised)."""
+    _PREEMPTION["service"] = on
+
+
+def preemption_service() -> bool:
+    return _PREEMPTION["service"]
+
+
 class _Received:
     """The signals received while any GracefulStop is active (shared by nested instances)."""
 
@@ -83,7 +100,11 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         _Received.signum = signum
         name = signal.Signals(signum).name
         again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
-        if _Received.in_loop:
+        if _PREEMPTION["service"]:
+            # Handed to JAX's preemption notifier: every process stops at the same step.
+            _write_stderr(f"\n{name} received: all processes stop at a common step and save a checkpoint{again}\n")
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif _Received.in_loop:
             _write_stderr(f"\n{name} received: finishing this step and saving a checkpoint{again}\n")
         elif not _Received.loops_entered:
             _write_stderr(f"{name} received during start-up: stopping (with a checkpoint) as soon as the run is "
@@ -129,7 +150,8 @@ class GracefulStop:
         _Received.in_loop += 0 if self.startup else 1
         _Received.loops_entered += 0 if self.startup else 1
         self._active = True
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # A Python SIGTERM handler would replace JAX's preemption notifier (a C handler).
+        for sig in (signal.SIGINT,) if _PREEMPTION["service"] else (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, _handle)
         return self
 

@@ -1,0 +1,85 @@
+"""The pieces of a multi-process run that need no second process: when to join, the
+per-process rows of a batch, the FSDP layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from astroflax.data.pipeline import TrainStream
+from astroflax.errors import ConfigError
+from astroflax.train.distributed import DistributedOptions, detected_cluster, initialize
+from astroflax.train.sharding import fsdp_spec
+
+SLURM = {"SLURM_JOB_ID": "42", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2", "SLURM_PROCID": "0",
+         "SLURM_LOCALID": "0", "SLURM_STEP_NUM_TASKS": "2"}
+
+
+def test_cluster_detection(monkeypatch):
+    for k in [*SLURM, "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE"]:
+        monkeypatch.delenv(k, raising=False)
+    assert detected_cluster() is None
+    for k, v in SLURM.items():
+        monkeypatch.setenv(k, v)
+    assert detected_cluster() == "slurm"
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # a batch script, not an srun step of 2 tasks
+    assert detected_cluster() is None
+    for k in SLURM:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1.0;tcp://10.0.0.1:1")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert detected_cluster() == "ompi"
+
+
+def test_options_from_flags_and_env(monkeypatch):
+    monkeypatch.setenv("ASTROFLAX_COORDINATOR", "h:1")
+    monkeypatch.setenv("ASTROFLAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("ASTROFLAX_PROCESS_ID", "3")
+    opts = DistributedOptions.from_env(process_id=1)
+    assert (opts.coordinator, opts.num_processes, opts.process_id, opts.explicit) == ("h:1", 4, 1, True)
+    monkeypatch.setenv("ASTROFLAX_NUM_PROCESSES", "four")
+    with pytest.raises(ConfigError, match="ASTROFLAX_NUM_PROCESSES"):
+        DistributedOptions.from_env()
+
+
+@pytest.mark.parametrize("opts, message", [
+    (DistributedOptions(coordinator="localhost:1"), "go together"),
+    (DistributedOptions(coordinator="localhost:1", num_processes=2, process_id=2), "must be in 0..1"),
+    (DistributedOptions(coordinator="localhost", num_processes=2, process_id=0), "HOST:PORT"),
+])
+def test_bad_flags_are_one_line_errors(monkeypatch, opts, message):
+    for k in SLURM:
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(ConfigError, match=message):
+        initialize(opts)
+
+
+def test_single_process_does_not_join(monkeypatch):
+    for k in [*SLURM, "ASTROFLAX_DISTRIBUTED", "OMPI_MCA_orte_hnp_uri"]:
+        monkeypatch.delenv(k, raising=False)
+    assert initialize(DistributedOptions()) is False
+    assert initialize(DistributedOptions(enabled=False, coordinator="h:1", num_processes=2, process_id=0)) is False
+
+
+def test_processes_read_their_rows_of_the_same_batches():
+    data = {"x": np.arange(100, dtype=np.float32)[:, None], "y": np.arange(100)}
+    one = TrainStream(data, 16, seed=3, version="v")
+    parts = [TrainStream(data, 16, seed=3, version="v", process_index=p, process_count=4) for p in range(4)]
+    for _ in range(9):  # past an epoch boundary
+        whole = next(one)
+        rows = [next(s) for s in parts]
+        assert all(len(r["y"]) == 4 for r in rows)
+        np.testing.assert_array_equal(np.concatenate([r["y"] for r in rows]), whole["y"])
+    assert {str(s.get_state()) for s in parts} == {str(one.get_state())}  # one state resumes any count
+    with pytest.raises(ConfigError, match="multiple of the 3 processes"):
+        TrainStream(data, 16, seed=3, version="v", process_index=0, process_count=3)
+
+
+def test_fsdp_layout():
+    from jax.sharding import PartitionSpec as P
+
+    assert fsdp_spec((9, 16), 4) == P(None, "data")
+    assert fsdp_spec((16, 2), 4) == P("data")
+    assert fsdp_spec((2,), 4) == P()  # indivisible: replicated
+    assert fsdp_spec((), 4) == P()
+    assert fsdp_spec((8, 8), 1) == P()
