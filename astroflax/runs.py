@@ -102,29 +102,56 @@ def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
     """One CSV row per object, written atomically: never a half-written predictions file, no
     ``<name>.tmp`` left behind when writing fails, and never a NaN/inf prediction (an error
     naming the row instead: the inputs were out of range or the checkpoint is damaged)."""
-    import csv
-    import math
-    import os
+    with PredictionWriter(path) as out:
+        out.write(rows)
+    return Path(path)
 
-    from astroflax.errors import DataError
 
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"--output {path}: is a directory; expected the name of a CSV file to write")
-    for i, row in enumerate(rows):
-        bad = next((k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)), None)
-        if bad is not None:
-            first = next(iter(row))
-            raise DataError(f"--output {path}: not written: the prediction for {first} {row[first]} (row {i}) has "
-                            f"{row[bad]} in column {bad!r}; check that object's input values")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["object_id"])
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+class PredictionWriter:
+    """:func:`write_predictions` in pieces (``predict`` of a folder, batch by batch): rows go to
+    ``<name>.tmp``, which becomes ``<name>`` only when the ``with`` block ends without error."""
+
+    def __init__(self, path: Path) -> None:
+        from astroflax.errors import DataError
+
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise DataError(f"--output {self.path}: is a directory; expected the name of a CSV file to write")
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.rows = 0
+        self._fh = self._writer = None
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        import csv
+        import math
+
+        from astroflax.errors import DataError
+
+        for i, row in enumerate(rows):
+            bad = next((k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)), None)
+            if bad is not None:
+                first = next(iter(row))
+                raise DataError(f"--output {self.path}: not written: the prediction for {first} {row[first]} (row "
+                                f"{self.rows + i}) has {row[bad]} in column {bad!r}; check that object's input values")
+        if self._fh is None:
+            self._fh = self.tmp.open("w", newline="")
+            self._writer = csv.DictWriter(self._fh, fieldnames=list(rows[0]) if rows else ["object_id"])
+            self._writer.writeheader()
+        self._writer.writerows(rows)
+        self.rows += len(rows)
+
+    def __exit__(self, kind, exc, tb) -> None:
+        import os
+
+        if self._fh is not None:
+            self._fh.close()
+        if kind is None:
+            if self._fh is None:
+                self.write([])
+                self._fh.close()
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)

@@ -228,6 +228,11 @@ def _progress_bar():
                     console=err, transient=False)
 
 
+#: files per batch when ``predict`` reads a folder of spectra or images (1024 images of 64x64x3
+#: float32 are 50 MB of model input; --chunk-rows sets it)
+FOLDER_BATCH = 1024
+
+
 def predict(
     run_dir: RunDir,
     input: Annotated[Path, typer.Option(
@@ -242,7 +247,8 @@ def predict(
     keep: Annotated[list[str] | None, typer.Option(
         "--keep", help="input column to copy into the output (repeat for several); table inputs")] = None,
     chunk_rows: Annotated[int, typer.Option(
-        "--chunk-rows", help="rows per chunk (memory and the unit of --resume); table inputs")] = 65536,
+        "--chunk-rows", help="rows per chunk (memory and the unit of --resume) of a table input; files per "
+        "batch of a folder of spectra or images (default 1024)")] = 65536,
     resume: Annotated[bool, typer.Option(
         "--resume", help="continue an interrupted prediction from its OUTPUT.partial directory")] = False,
     dask: Annotated[str | None, typer.Option(
@@ -270,11 +276,13 @@ def predict(
         _predict_stream(run_dir, input, output, checkpoint, weights, tuple(keep or ()), chunk_rows, resume, dask,
                         bad_rows)
         return
-    given = [flag for flag, on in (("--keep", keep), ("--resume", resume), ("--dask", dask),
-                                   ("--chunk-rows", chunk_rows != 65536)) if on]
+    given = [flag for flag, on in (("--keep", keep), ("--resume", resume), ("--dask", dask)) if on]
     if given:
         raise ConfigError(f"{given[0]} applies to streamed table inputs only: {why_not}")
-    _predict_in_memory(run_dir, input, output, checkpoint, weights, mc_dropout)
+    if chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows {chunk_rows}: expected at least 1")
+    _predict_in_memory(run_dir, input, output, checkpoint, weights, mc_dropout,
+                       FOLDER_BATCH if chunk_rows == 65536 else chunk_rows)
 
 
 def _predict_stream(run_dir: Path, input: Path, output: Path, checkpoint: str, weights: str, keep: tuple[str, ...],
@@ -345,11 +353,13 @@ def _run_stream(ref, model, input: Path, output: Path, keep: tuple[str, ...], ch
 
 
 def _predict_in_memory(run_dir: Path, input: Path, output: Path, checkpoint: str, weights: str,
-                       mc_dropout: int) -> None:
-    """``predict`` of inputs read whole by the task's ``load_inputs`` (folders of files, light curves)."""
+                       mc_dropout: int, batch_files: int = FOLDER_BATCH) -> None:
+    """``predict`` of inputs the task reads itself: a folder of spectra or images ``batch_files``
+    files at a time (``Task.input_batches``), anything else (light curves, tables of spectra,
+    ``--mc-dropout``) whole with ``load_inputs``."""
     from astroflax.ensembles import open_run
     from astroflax.evaluate.uncertainty import predict_outputs
-    from astroflax.runs import write_predictions
+    from astroflax.runs import PredictionWriter
 
     if (run_dir / "manifest.json").is_file():  # an `astroflax export` directory (docs/export_format.md)
         from astroflax.export.writer import predict_export_csv
@@ -357,17 +367,25 @@ def _predict_in_memory(run_dir: Path, input: Path, output: Path, checkpoint: str
         err.print(predict_export_csv(run_dir, input, output, checkpoint, weights, mc_dropout), markup=False)
         return
     run = open_run(run_dir, checkpoint, weights)
-    arrays, ids = run.task.load_inputs(run.cfg, run.info, input)
-    require_finite_rows(arrays, ids, f"--input {input}", "the model inputs built from it",
-                        "; check that object's values")
-    outputs, note = predict_outputs(run, arrays, mc_dropout, weights)
-    if note:
-        err.print(note, highlight=False, markup=False)
-    require_finite_rows({"output": outputs}, ids, f"--input {input}", "the predictions",
-                        "; nothing was written: check that object's values, or the checkpoint with `astroflax check`")
-    rows = run.task.format_predictions(outputs, ids, run.info)
-    write_predictions(output, rows)
-    err.print(f"Wrote {len(rows)} predictions to {output} (checkpoint step {run.step})")
+    batches = None
+    if run.task.input_batches is not None and not mc_dropout:
+        batches = run.task.input_batches(run.cfg, run.info, input, batch_files)
+    if batches is None:  # read whole
+        batches = [run.task.load_inputs(run.cfg, run.info, input)]
+    notes: set[str] = set()
+    with PredictionWriter(output) as out:
+        for arrays, ids in batches:  # a folder of files: one batch of them in memory at a time
+            require_finite_rows(arrays, ids, f"--input {input}", "the model inputs built from it",
+                                "; check that object's values")
+            outputs, note = predict_outputs(run, arrays, mc_dropout, weights)
+            if note and note not in notes:
+                notes.add(note)
+                err.print(note, highlight=False, markup=False)
+            require_finite_rows({"output": outputs}, ids, f"--input {input}", "the predictions",
+                                "; nothing was written: check that object's values, or the checkpoint with "
+                                "`astroflax check`")
+            out.write(run.task.format_predictions(outputs, ids, run.info))
+    err.print(f"Wrote {out.rows} predictions to {output} (checkpoint step {run.step})")
 
 
 # -------------------------------------------------------------------------- sample

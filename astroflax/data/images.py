@@ -304,13 +304,17 @@ class ImageOptions:
     replicate_grey: bool = False  # 1-band images repeated to ``channels`` (the bundled 3-band model)
 
 
-def load_user_images(path: str | Path, opt: ImageOptions) -> UserImages:
+def load_user_images(path: str | Path, opt: ImageOptions, files: list[Path] | None = None) -> UserImages:
     """A user's image set: an ImageFolder (one subfolder per class, optionally under train/val/test),
     a table (CSV/TSV/Parquet/FITS... of file, label and optional vote columns) or a Galaxy10-layout
-    HDF5 file (``images``, ``ans``). Every image is resized to ``opt.size`` after the centre crop."""
+    HDF5 file (``images``, ``ans``). Every image is resized to ``opt.size`` after the centre crop.
+    ``files``: only these files of a plain folder ``path`` (prediction in batches)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
+    if files is not None:
+        return _from_files(path, files, [f.name for f in files], np.arange(len(files)), None, None, None, None,
+                           "image folder", len(files), DropLog(), opt)
     if path.is_dir():
         return _image_folder(path, opt)
     if path.name.lower().endswith(HDF5_SUFFIXES):

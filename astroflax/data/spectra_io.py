@@ -621,18 +621,30 @@ def _spectrum_files(directory: Path) -> list[Path]:
                   and not p.name.lower().startswith("labels"))
 
 
+def spectrum_files(directory: Path) -> list[Path]:
+    """The spectrum files of a folder to predict on (sorted; a labels table is not one)."""
+    files = _spectrum_files(directory)
+    if not files:
+        raise DataError(f"{directory}: no spectrum files ({', '.join(SPECTRUM_SUFFIXES)}) in this directory")
+    return files
+
+
+def read_files(files: list[Path], s: Any, grid: np.ndarray, normalise: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """``(flux, mask, raws)`` of spectrum files for prediction: every file must be usable."""
+    raws = [read_spectrum(f, s) for f in files]
+    flux, mask, _ = prepare(raws, [str(f) for f in files], grid, normalise, s.min_coverage, None)
+    return flux, mask, raws
+
+
 def load_folder(path: Path, s: Any, grid: np.ndarray, normalise: str, labelled: bool) -> UserSpectra:
     """A folder of spectrum files + a labels table (training) or just the files (prediction)."""
     drops = DropLog()
     if not labelled:
-        files = _spectrum_files(path)
-        if not files:
-            raise DataError(f"{path}: no spectrum files ({', '.join(SPECTRUM_SUFFIXES)}) in this directory")
-        raws = [read_spectrum(f, s) for f in files]
-        names = [f.name for f in files]
-        flux, mask, _ = prepare(raws, [str(f) for f in files], grid, normalise, s.min_coverage, None)
-        return UserSpectra(flux, mask, np.arange(len(files), dtype=np.int64), names, None, None, None, drops,
-                           {"path": str(path), "format": "folder", "rows_read": len(files)}, _units_summary(raws))
+        files = spectrum_files(path)
+        flux, mask, raws = read_files(files, s, grid, normalise)
+        return UserSpectra(flux, mask, np.arange(len(files), dtype=np.int64), [f.name for f in files], None, None,
+                           None, drops, {"path": str(path), "format": "folder", "rows_read": len(files)},
+                           _units_summary(raws))
     tab = Table(find_table(path, "labels", "labels"))
     tab.require(("file",), {a: "file" for a in FILE_COLUMNS[1:]})
     names = tab.df["file"].astype("string").str.strip().to_numpy(dtype=object, na_value=None)

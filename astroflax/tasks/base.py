@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol
 
 import jax
 import numpy as np
@@ -116,6 +116,9 @@ class Task:
       :class:`~astroflax.ensembles.EnsembleRun`) being evaluated, or None, for reports that run
       the model on more inputs (``run.predict(arrays)``) or read its config (``run.cfg``).
     - ``load_inputs(cfg, info, path)`` -> (arrays, ids) for ``predict`` on user files.
+    - ``input_batches(cfg, info, path, size)`` (optional) -> an iterator of (arrays, ids) over
+      at most ``size`` inputs at a time, exactly as ``load_inputs`` would give them, or None when
+      this input is read whole; ``predict`` then holds one batch of a folder in memory.
     - ``format_predictions(outputs, ids, info)`` -> one dict per row of the predictions file.
     - ``combine(outputs_list, info)`` (generative tasks only): one output from several
       predictions of the same rows (ensembles, MC-dropout).
@@ -140,6 +143,7 @@ class Task:
     make_score_fn: Callable[["ExperimentConfig", dict], ScoreFn] | None = None
     make_predict_stochastic_fn: Callable[["ExperimentConfig", dict], StochasticPredictFn] | None = None
     combine: Combiner | None = None
+    input_batches: Callable[..., Iterator[tuple[Arrays, np.ndarray]] | None] | None = None
     host_keys: tuple[str, ...] = ("object_id",)  # arrays kept on the host (ids), never sent to devices
     # ``info`` keys of the preprocessing constants (normalisation means, scales...) an export lists.
     normalisation_keys: tuple[str, ...] = ()

@@ -296,12 +296,38 @@ def report(probs: np.ndarray, arrays: dict, info: dict, out_dir: Path, run: Any 
 def load_inputs(cfg, info: dict, path: str | Path):
     """Images in any training layout (a file, a folder, an ImageFolder, a table, a Galaxy10 HDF5
     file; labels optional) -> model inputs prepared as in training; ids are the files (or rows)."""
+    opt, user = _input_options(cfg, info)
+    return _input_arrays(im.load_user_images(path, opt), info, user)
+
+
+def input_batches(cfg, info: dict, path: str | Path, size: int):
+    """A plain folder of images, ``size`` files at a time (each image is stretched on its own, so
+    a batch gives exactly the rows of a whole read); None for other inputs (read whole)."""
+    path = Path(path)
+    if not path.is_dir() or any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
+        return None  # an ImageFolder of classes (labels optional) is read whole
+    opt, user = _input_options(cfg, info)
+    files = im.list_image_files(path)
+
+    def batches():
+        for start in range(0, len(files), size):
+            chunk = files[start:start + size]
+            u = im.load_user_images(path, opt, files=chunk)
+            yield _input_arrays(u, info, user)
+
+    return batches()
+
+
+def _input_options(cfg, info: dict):
     d = cfg.data if cfg is not None else MorphologyData()
     user = "channels" in info  # trained on user data: its bands; the rendered model reads g, r, i (grey repeated)
     opt = im.options_from(d, size=info["image_size"], crop=info.get("crop", 1.0), labels_required=False,
                           class_names=tuple(info["class_names"]) if user else (), channels=info.get("channels", 3),
                           replicate_grey=not user, skip_unreadable=False)
-    u = im.load_user_images(path, opt)
+    return opt, user
+
+
+def _input_arrays(u, info: dict, user: bool):
     with np.errstate(over="ignore", invalid="ignore"):
         images = im.normalise(u.images, info["softening"])
     im.require_finite(images, u.ids)
@@ -332,6 +358,7 @@ TASK = classification_task(
     report=report,
     make_loss_fn=make_loss_fn,
     load_inputs=load_inputs,
+    input_batches=input_batches,
     format_predictions=format_predictions,
     targets={"accuracy": (">=", 0.90), "ece": ("<=", 0.03)},
 )

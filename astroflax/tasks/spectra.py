@@ -376,15 +376,41 @@ def load_inputs(cfg, info: dict, path: str | Path):
     """Spectra to predict on, in the training layouts (a folder of FITS/CSV files, one spectrum
     file, or one table with a spectrum per row; labels are not needed), resampled as in training.
     Ids are the file names (or row ids of a table)."""
-    grid = sp.model_grid(info["wave_min"], info["wave_max"], info["num_pixels"])
-    settings = cfg.data if info.get("mask_channel") else _BundledUnits(cfg.data)
+    grid, settings = _input_reading(cfg, info)
     u = sio.load_user_data(path, settings, grid, info["normalise"], labelled=False)
-    n = len(u.names)
-    arrays = {"flux": u.flux, "label": np.zeros(n, np.int32), "subtype": np.zeros(n, np.float32),
+    return _input_arrays(u.flux, u.mask, info), np.array(u.names)
+
+
+def input_batches(cfg, info: dict, path: str | Path, size: int):
+    """A folder of spectrum files, ``size`` files at a time (each is resampled and normalised on
+    its own, so a batch gives exactly the rows of a whole read); None for other inputs."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    grid, settings = _input_reading(cfg, info)
+    files = sio.spectrum_files(path)
+
+    def batches():
+        for start in range(0, len(files), size):
+            chunk = files[start:start + size]
+            flux, mask, _ = sio.read_files(chunk, settings, grid, info["normalise"])
+            yield _input_arrays(flux, mask, info), np.array([f.name for f in chunk])
+
+    return batches()
+
+
+def _input_reading(cfg, info: dict):
+    grid = sp.model_grid(info["wave_min"], info["wave_max"], info["num_pixels"])
+    return grid, (cfg.data if info.get("mask_channel") else _BundledUnits(cfg.data))
+
+
+def _input_arrays(flux: np.ndarray, mask: np.ndarray, info: dict) -> dict[str, np.ndarray]:
+    n = len(flux)
+    arrays = {"flux": flux, "label": np.zeros(n, np.int32), "subtype": np.zeros(n, np.float32),
               "object_id": np.arange(n, dtype=np.int64)}
     if info.get("mask_channel"):
-        arrays["mask"] = u.mask
-    return arrays, np.array(u.names)
+        arrays["mask"] = mask
+    return arrays
 
 
 def _type_text(scale: float, cls: int, info: dict) -> str:
@@ -424,6 +450,7 @@ TASK = classification_task(
     make_score_fn=make_score_fn,
     report=report,
     load_inputs=load_inputs,
+    input_batches=input_batches,
     format_predictions=format_predictions,
     host_keys=HOST_KEYS,
     targets={"targets.accuracy_snr_ge_20": (">=", TARGET_ACCURACY), "subtype_mae": ("<=", TARGET_MAE_SUBTYPES),
