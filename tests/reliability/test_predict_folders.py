@@ -53,6 +53,11 @@ def test_folder_in_batches_equals_one_read(task, make, bad_name, bad_bytes, tiny
         outs[size] = pd.read_csv(out)
     assert len(outs[3]) == 7 and outs[3]["file"].tolist() == sorted(p.name for p in folder.iterdir())
     pd.testing.assert_frame_equal(outs[3], outs[1000])
+    from astroflax.runs import load_run
+
+    loaded = load_run(run, "best")  # what predict iterated over: 3 + 3 + 1 files, in file order
+    batches = loaded.task.input_batches(loaded.cfg, loaded.info, folder, 3)
+    assert [list(ids) for _, ids in batches] == [outs[3]["file"].tolist()[i:i + 3] for i in (0, 3, 6)]
     probs = outs[3].filter(like="p_").to_numpy()
     assert np.isfinite(probs).all() and len(np.unique(probs.round(6), axis=0)) > 1  # not one row repeated
     # A bad file in the second batch: the one-line error, and no output (not the first batch's rows).
