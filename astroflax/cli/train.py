@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -130,6 +131,12 @@ def train(
             result = run_training(cfg, resume=resume, console=err)
         except InterruptedTwice:
             raise _interrupted_twice(cfg.resolved_run_dir() if cfg is not None else run_dir) from None
+        except Exception as exc:
+            from astroflax.train.distributed import exit_lost_peer, is_lost_peer
+
+            if multi and is_lost_peer(exc) and "--debug" not in sys.argv:  # a dead process, not a bug
+                exit_lost_peer(exc, cfg.resolved_run_dir() if cfg is not None else run_dir)
+            raise
     resume_cmd = f"astroflax train {cfg.task} --run-dir {result.run_dir} --resume"
     if multi:
         resume_cmd += "  (on every process, with the same launch and distributed options)"

@@ -83,3 +83,29 @@ def test_fsdp_layout():
     assert fsdp_spec((2,), 4) == P()  # indivisible: replicated
     assert fsdp_spec((), 4) == P()
     assert fsdp_spec((8, 8), 1) == P()
+
+
+def test_a_failed_collective_is_one_line_naming_the_last_checkpoint(tmp_path):
+    """When the step's collective fails because another process died, the survivor prints one
+    line and exits 1 at once, not a traceback followed by JAX's aborted shutdown."""
+    import subprocess
+    import sys
+
+    import jax
+
+    from astroflax.train.distributed import is_lost_peer
+
+    assert is_lost_peer(jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed: Connection reset by peer"))
+    assert not is_lost_peer(jax.errors.JaxRuntimeError("INVALID_ARGUMENT: shapes (3,) and (4,) differ"))
+    assert not is_lost_peer(ValueError("gloo"))  # only JAX's runtime errors
+    for step in (30, 60):
+        (tmp_path / "checkpoints" / str(step)).mkdir(parents=True)
+    (tmp_path / "checkpoints" / "90.orbax-checkpoint-tmp-1").mkdir()  # never committed: not listed
+    code = ("import jax; from astroflax.train.distributed import exit_lost_peer; "
+            f"exit_lost_peer(jax.errors.JaxRuntimeError('UNKNOWN: Gloo AllGather failed: reset\\nmore'), {str(tmp_path)!r})")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert got.returncode == 1, got.stderr
+    lines = [ln for ln in got.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: process 0 of 1 lost contact"), got.stderr
+    assert "Gloo AllGather failed: reset" in lines[0] and "last complete checkpoint is step 60" in lines[0]
+    assert "--resume" in lines[0]
