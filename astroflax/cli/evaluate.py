@@ -246,9 +246,9 @@ def predict(
     mc_dropout: mc_dropout_option("average N stochastic (dropout) passes instead") = 0,
     keep: Annotated[list[str] | None, typer.Option(
         "--keep", help="input column to copy into the output (repeat for several); table inputs")] = None,
-    chunk_rows: Annotated[int, typer.Option(
-        "--chunk-rows", help="rows per chunk (memory and the unit of --resume) of a table input; files per "
-        "batch of a folder of spectra or images (default 1024)")] = 65536,
+    chunk_rows: Annotated[Optional[int], typer.Option(
+        "--chunk-rows", help="rows per chunk (memory and the unit of --resume) of a table input (default "
+        "131072); files per batch of a folder of spectra or images (default 1024)")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="continue an interrupted prediction from its OUTPUT.partial directory")] = False,
     dask: Annotated[str | None, typer.Option(
@@ -273,16 +273,18 @@ def predict(
     if streams:
         if bad_rows not in ("flag", "error"):
             raise ConfigError(f"--bad-rows {bad_rows}: expected flag or error")
-        _predict_stream(run_dir, input, output, checkpoint, weights, tuple(keep or ()), chunk_rows, resume, dask,
-                        bad_rows)
+        from astroflax.predict.stream import DEFAULT_CHUNK_ROWS
+
+        _predict_stream(run_dir, input, output, checkpoint, weights, tuple(keep or ()),
+                        DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows, resume, dask, bad_rows)
         return
     given = [flag for flag, on in (("--keep", keep), ("--resume", resume), ("--dask", dask)) if on]
     if given:
         raise ConfigError(f"{given[0]} applies to streamed table inputs only: {why_not}")
-    if chunk_rows < 1:
+    if chunk_rows is not None and chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {chunk_rows}: expected at least 1")
     _predict_in_memory(run_dir, input, output, checkpoint, weights, mc_dropout,
-                       FOLDER_BATCH if chunk_rows == 65536 else chunk_rows)
+                       FOLDER_BATCH if chunk_rows is None else chunk_rows)
 
 
 def _predict_stream(run_dir: Path, input: Path, output: Path, checkpoint: str, weights: str, keep: tuple[str, ...],

@@ -37,7 +37,9 @@ PROGRESS = "_progress.jsonl"
 JOB = "_job.json"
 SUMMARY = "_summary.json"
 FLAG, PROBLEM = "flag", "problem"
-DEFAULT_CHUNK_ROWS = 65536
+#: rows per chunk: 1M photoz rows streamed at 0.84-0.85x the bare loop with 65,536, 0.88-0.92x with
+#: 131,072 and 0.78-0.79x with 262,144 (2 cores, two interleaved rounds)
+DEFAULT_CHUNK_ROWS = 131072
 #: problems listed in the summary (the part files hold all of them)
 EXAMPLES = 5
 
@@ -465,13 +467,14 @@ def stream_predict(model_ref: ModelRef, input_path: Path, output: Path, *, chunk
                    keep: tuple[str, ...] = (), resume: bool = False, hdu: Any = None,
                    on_progress: Callable[[int, int | None], None] | None = None,
                    runner: Callable[[Job, list[int], Progress], Iterator[dict]] | None = None,
-                   pipeline: bool = False, bad_rows: str = "flag") -> Summary:
+                   pipeline: bool = True, bad_rows: str = "flag") -> Summary:
     """Predict every row of ``input_path`` into ``output`` (see the module docstring).
 
     ``runner(job, todo, progress)`` yields the records of finished chunks (the Dask runner); by
     default chunks run here, in order, the input read once from front to back.
-    ``on_progress(rows_done, rows_total)`` is called after every chunk. ``pipeline=True`` overlaps
-    reading, predicting and writing in threads (slower on 2 cores with a small model: the GIL).
+    ``on_progress(rows_done, rows_total)`` is called after every chunk. ``pipeline`` overlaps
+    reading, predicting and writing in threads (measured on 2 cores, photoz MLP, 1M rows, three
+    interleaved rounds: 358k-428k rows/s against 332k-338k with the stages in turn).
     ``bad_rows``: ``"flag"`` writes bad rows with flag = 1; ``"error"`` stops at the first one.
     """
     if bad_rows not in ("flag", "error"):
