@@ -118,7 +118,16 @@ def bare_loop(run_dir: Path, catalogue: Path) -> dict:
     return {"rows": n, "seconds": dt, "rows_per_s": n / dt, "batch_size": bs, "outputs": int(sum(len(h) for h in host))}
 
 
+def bare_in_child(run_dir: Path, catalogue: Path) -> dict:
+    got = subprocess.run([sys.executable, __file__, "--bare", str(run_dir), str(catalogue)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(got.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--bare"]:
+        print(json.dumps(bare_loop(Path(sys.argv[2]), Path(sys.argv[3]))))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="1000000,10000000", help="catalogue sizes (comma-separated)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/predict_scale"))
@@ -138,6 +147,13 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "astroflax", "train", "photoz", "--preset", "quick", "--run-dir",
                         str(run), *[a for s in sets for a in ("--set", s)]], check=True, stdout=subprocess.DEVNULL)
     results: dict = {"sizes": {}}
+    n0 = sizes[0]
+    cat0 = d / f"cat_{n0}.parquet"
+    if not cat0.is_file():
+        write_catalogue(cat0, n0)
+    # Before and after the streamed runs (this machine's speed drifts by 10%), each in its own
+    # process: a child forked from a parent holding the rows would count them in its peak RSS.
+    bare = bare_in_child(run, cat0)
     for n in sizes:
         cat = d / f"cat_{n}.parquet"
         if not cat.is_file():
@@ -150,14 +166,18 @@ def main() -> None:
         results["sizes"][n] = {"wall_s": wall, "peak_rss_mb": rss, "rows_per_s": rate}
         print(f"{n:>11,} rows: streamed {rate:,.0f} rows/s, wall {wall:.1f} s, peak RSS {rss:,.0f} MB", flush=True)
         out.unlink(missing_ok=True)
-    n0 = sizes[0]
-    cat0 = d / f"cat_{n0}.parquet"
-    bare = bare_loop(run, cat0)
-    results["bare_loop"] = bare
-    ratio = results["sizes"][n0]["rows_per_s"] / bare["rows_per_s"]
-    results["streamed_over_bare"] = ratio
-    print(f"bare jitted loop over {n0:,} rows in memory: {bare['rows_per_s']:,.0f} rows/s (batch {bare['batch_size']}); "
-          f"streamed / bare = {ratio:.2f}x (target >= 0.8x)", flush=True)
+    bare2 = bare_in_child(run, cat0)
+    bare_rate = (bare["rows_per_s"] + bare2["rows_per_s"]) / 2
+    results["bare_loop"] = bare | {"rows_per_s_runs": [bare["rows_per_s"], bare2["rows_per_s"]], "rows_per_s": bare_rate}
+    print(f"bare jitted loop over {n0:,} rows in memory: {bare['rows_per_s']:,.0f} and {bare2['rows_per_s']:,.0f} "
+          f"rows/s (batch {bare['batch_size']}; compiled before the clock starts)", flush=True)
+    results["streamed_over_bare"] = {}
+    for n in sizes:
+        # The streamed rate includes the compile of the first chunk (~0.5 s): it weighs on 1M rows,
+        # not on 10M; the bare loop's rows/s does not depend on the row count.
+        ratio = results["sizes"][n]["rows_per_s"] / bare_rate
+        results["streamed_over_bare"][n] = ratio
+        print(f"streamed / bare at {n:,} rows = {ratio:.2f}x (target >= 0.8x)", flush=True)
     if len(sizes) > 1:
         r = results["sizes"][sizes[-1]]["peak_rss_mb"] / results["sizes"][n0]["peak_rss_mb"]
         results["rss_ratio"] = r
