@@ -262,17 +262,18 @@ def predict(
     """Predict with a trained run (or ensemble, or export) on new data; writes one row per object.
 
     Table inputs (photoz) are streamed in chunks: memory does not grow with the input, bad rows are
-    written with flag = 1 and the reason in 'problem' (or stop the run: --bad-rows error), and nothing appears under OUTPUT until the
-    last chunk is done (an interrupted run continues with --resume).
+    written with flag = 1 and the reason in 'problem' (or stop the run: --bad-rows error), and
+    nothing appears under OUTPUT until the last chunk is done (an interrupted run continues with
+    --resume). Folders of spectra or images are read in batches of files.
     Classifier probabilities are temperature-scaled when the run's calibration.json matches the checkpoint.
     """
     if not input.exists():
         raise AstroflaxError(f"--input {input}: no such file or directory")
     require_parent_dir(output, "--output")
+    if bad_rows not in ("flag", "error"):
+        raise ConfigError(f"--bad-rows {bad_rows}: expected flag or error")
     streams, why_not = _streams(run_dir, input, mc_dropout)
     if streams:
-        if bad_rows not in ("flag", "error"):
-            raise ConfigError(f"--bad-rows {bad_rows}: expected flag or error")
         from astroflax.predict.stream import DEFAULT_CHUNK_ROWS
 
         _predict_stream(run_dir, input, output, checkpoint, weights, tuple(keep or ()),
