@@ -179,11 +179,15 @@ def test_ctrl_c_at_any_moment_of_start_up_is_never_swallowed(tmp_path):
     with exit code 130 and no traceback, long before it could have trained to the end."""
     # Not earlier than 0.5 s: before the interpreter reaches astroflax's entry point (tens of ms,
     # more on a loaded machine) Python itself handles SIGINT, which no package code can change.
-    for k, delay in enumerate((0.5, 2.0, 4.0)):
-        run_dir = tmp_path / f"run{k}"
-        proc = start_training(run_dir)
-        time.sleep(delay)
+    # The three runs start together (one start-up's wall time instead of three), each signalled
+    # at its own delay after the common start.
+    delays = (0.5, 2.0, 4.0)
+    procs, t0 = [start_training(tmp_path / f"run{k}") for k in range(len(delays))], time.monotonic()
+    for proc, delay in zip(procs, delays):
+        time.sleep(max(0.0, t0 + delay - time.monotonic()))
         proc.send_signal(signal.SIGINT)
+    for k, (proc, delay) in enumerate(zip(procs, delays)):
+        run_dir = tmp_path / f"run{k}"
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, (delay, err)
         assert "Traceback" not in err, (delay, err)
