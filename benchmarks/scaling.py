@@ -14,8 +14,8 @@ Throughput is the median of the logged ``samples_per_s`` after the first quarter
 
     python benchmarks/scaling.py [--task photoz] [--steps 400] [--batch 1024] [--set KEY=VALUE ...]
 
-Measured (2-core machine, ``--repeats 1 --steps 300``): 1 x 4 24,200 samples/s, 2 x 2 17,200
-samples/s, ratio 0.71.
+Measured (2-core machine, ``--repeats 1 --steps 300``, two runs): 1 x 4 24,600 / 22,800
+samples/s, 2 x 2 16,300 / 16,300 samples/s, ratio 0.66 / 0.71.
 """
 
 from __future__ import annotations

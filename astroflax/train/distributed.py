@@ -135,12 +135,33 @@ def initialize(opts: DistributedOptions | None = None) -> bool:
         line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         where = f" (coordinator {opts.coordinator})" if opts.coordinator else ""
         raise ConfigError(f"could not join the distributed run{where}: {line[:240]}") from exc
+    _orbax_barriers_over_coordination_service()
     from astroflax.train import signals
 
     # With JAX's preemption service (on by default) SIGTERM is its notifier's, see signals.py.
     signals.use_preemption_service(bool(jax.config.jax_enable_preemption_service))
     _hand_on_early_sigterm()
     return True
+
+
+def _orbax_barriers_over_coordination_service() -> None:
+    """Make Orbax's barriers wait on JAX's coordination service rather than on an XLA collective.
+
+    By default Orbax syncs processes with ``multihost_utils.sync_global_devices``, a psum over
+    every device. An async save runs that barrier from its background thread while the main
+    thread keeps launching train steps with their own gradient all-reduce, so two processes can
+    enter the collectives in different orders and wait on each other for ever. (The hang we
+    measured had another cause, see ``MAX_STEPS_AHEAD`` in train/loop.py; this one is the same
+    kind of hazard, removed rather than waited for.) Orbax's own switch
+    ``experimental_orbax_use_distributed_barrier`` uses the coordination service, with a
+    timeout, instead; it is an absl flag, which we set without parsing anyone's argv.
+    """
+    from absl import flags
+    from orbax.checkpoint._src.multihost import multihost  # noqa: F401 - defines the flag
+
+    flag = flags.FLAGS["experimental_orbax_use_distributed_barrier"]
+    flag.value = True
+    flag.present = 1  # absl otherwise refuses to read a flag before argv was parsed
 
 
 def _hand_on_early_sigterm() -> None:

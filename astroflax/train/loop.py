@@ -51,6 +51,16 @@ from astroflax.train.step import (
     summarise_accumulator,
 )
 
+# How far the host may dispatch train steps ahead of the devices when a step has collectives.
+# XLA:CPU runs each device's part of a step on a client pool of max(cores, local devices)
+# threads and lets a device queue 32 computations; with the host far ahead, one pool thread sat
+# in device 0's gradient all-reduce while the other waited for device 1's full queue, which no
+# free thread could drain (gdb, 2 processes x 2 devices on 2 cores: a hang in 4 of 5 quick
+# photoz runs this way, at step 1 to 800). Waiting on every 8th step keeps the queue short and costs
+# nothing measurable (benchmarks/scaling.py, samples/s bounded vs unbounded: 1 x 4 24,600 and
+# 22,800 vs 25,100; 2 x 2 16,300 and 16,300 vs 15,700).
+MAX_STEPS_AHEAD = 8
+
 # Keys that may differ between the saved config and the config of a resumed run. The parameter
 # placement is like the device count: a resume onto another one is exact to float tolerance.
 RESUMABLE_CHANGES = {"train.progress", "train.log_every", "name", "run_dir", "checkpoint.backup_dir",
@@ -158,6 +168,7 @@ class _Run:
         self.train_loss, self.last_val = float("nan"), {}
         self.stopped_by: str | None = None
         self.first_step_time: float | None = None
+        self.bounded_dispatch = len(c.mesh.local_devices) > 1
 
     # ------------------------------------------------------------------ start
     def restore_latest(self) -> None:
@@ -221,6 +232,8 @@ class _Run:
         if self.first_step_time is None:
             jax.block_until_ready(self.acc)
             self.first_step_time = time.perf_counter() - t_start
+        elif self.bounded_dispatch and self.step % MAX_STEPS_AHEAD == 0:
+            jax.block_until_ready(self.acc)
         self.bar.advance(self.step)
 
     # ---------------------------------------------------------- periodic work

@@ -109,3 +109,25 @@ def test_a_failed_collective_is_one_line_naming_the_last_checkpoint(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: process 0 of 1 lost contact"), got.stderr
     assert "Gloo AllGather failed: reset" in lines[0] and "last complete checkpoint is step 60" in lines[0]
     assert "--resume" in lines[0]
+
+
+def test_orbax_barriers_use_the_coordination_service_not_a_collective():
+    """An async save's barrier runs on Orbax's background thread; as an XLA collective it could
+    interleave with the train step's all-reduce in a different order on each process (a hang
+    seen on 2 processes x 2 devices). After joining, Orbax must use the coordination service."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script = f"""
+from orbax.checkpoint._src.multihost import multihost
+from astroflax.train.distributed import DistributedOptions, initialize
+assert initialize(DistributedOptions(coordinator="localhost:{port}", num_processes=1, process_id=0))
+# Orbax reads the flag this way in sync_global_processes (unparsed absl flags raise there).
+print("barrier", multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.value)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "barrier True" in out.stdout, out.stderr[-2000:]
