@@ -34,9 +34,15 @@ IMPORT_RETRY_S = 0.05
 
 def _importing(frame: FrameType | None) -> bool:
     """Whether the main thread is inside an import (a KeyboardInterrupt raised there can break
-    the initialisation of a native extension such as jaxlib: ImportError or a crash)."""
+    the initialisation of a native extension such as jaxlib: ImportError or a crash) or inside a
+    garbage-collector callback or finaliser, where Python prints "Exception ignored" and drops
+    the exception (seen in CI: a second Ctrl-C raised in jax's ``_xla_gc_callback`` was lost)."""
+    import gc
+
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
+        code = frame.f_code
+        if code.co_filename.startswith("<frozen importlib") or code.co_name == "__del__" or code in callbacks:
             return True
         frame = frame.f_back
     return False
