@@ -113,8 +113,8 @@ def test_a_failed_collective_is_one_line_naming_the_last_checkpoint(tmp_path):
 
 def test_orbax_barriers_use_the_coordination_service_not_a_collective():
     """An async save's barrier runs on Orbax's background thread; as an XLA collective it could
-    interleave with the train step's all-reduce in a different order on each process (a hang
-    seen on 2 processes x 2 devices). After joining, Orbax must use the coordination service."""
+    interleave with the train step's all-reduce in a different order on each process. After
+    joining, Orbax must use the coordination service."""
     import socket
     import subprocess
     import sys
