@@ -1,4 +1,4 @@
-from astroflax.cli import main
+from astroflax.launch import main
 
 if __name__ == "__main__":
     main()

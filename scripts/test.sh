@@ -48,4 +48,7 @@ if [ "${#packages[@]}" -gt 0 ]; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
+# The allocator setting the `astroflax` program gives itself (astroflax/launch.py): most tests run
+# the trainer inside pytest's own processes, which only get it from their environment.
+export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"
 exec .venv/bin/python -m pytest "$@"

@@ -14,7 +14,7 @@ import pytest
 from astroflax.data import galaxy_render as gr
 from astroflax.data import images as im
 from astroflax.errors import DataError
-from astroflax.models.cnn import dihedral_augment
+from astroflax.models.cnn import dihedral_augment, max_pool_2x2
 from conftest import run_cli, set_args
 
 CFG = gr.RenderConfig(image_size=48)
@@ -63,7 +63,7 @@ def test_psf_conserves_flux_and_noise_matches_depth():
 
 
 def test_dihedral_augment_is_rotation_or_flip():
-    x = jax.random.normal(jax.random.key(0), (16, 12, 12, 3))
+    x = jax.random.normal(jax.random.key(0), (64, 12, 12, 3))
     y = np.asarray(jax.jit(dihedral_augment)(x, jax.random.key(1)))
     assert y.shape == x.shape
     xs = np.asarray(x)
@@ -74,7 +74,19 @@ def test_dihedral_augment_is_rotation_or_flip():
         match = [j for j, v in enumerate(variants) if np.array_equal(v, y[i])]
         assert match, f"example {i} is not a rotation/flip of its input"
         seen.add(match[0])
-    assert len(seen) > 2  # really random, not always the identity
+    assert len(seen) == 8  # all eight symmetries are drawn, not only rotations or the identity
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 5), (2, 7, 9, 4)])
+def test_max_pool_2x2_matches_flax_pooling_and_its_gradient(shape):
+    from flax import nnx
+
+    x = jax.random.normal(jax.random.key(3), shape)  # continuous values: no ties within a window
+    ref = lambda v: nnx.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)), np.asarray(ref(x)))
+    w = jax.random.normal(jax.random.key(4), ref(x).shape)
+    grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * w))(x)  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(grad(max_pool_2x2)), np.asarray(grad(ref)))
 
 
 def test_normalise_same_for_scaled_images():

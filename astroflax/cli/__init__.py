@@ -15,18 +15,12 @@ stays fast, and never import this module (it imports them).
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import sys
 import threading
 import warnings
 
-
-def _interrupted_while_importing(signum, frame) -> None:
-    """Ctrl-C while the CLI is still importing: nothing has started, so stop quietly with 130."""
-    os.write(2, b"interrupted\n")
-    raise SystemExit(130)
-
+from astroflax.launch import interrupted_at_start as _interrupted_while_importing
 
 # Until main() runs (the imports below take a moment), a Ctrl-C must not print a traceback.
 if signal.getsignal(signal.SIGINT) is signal.default_int_handler:

@@ -23,7 +23,7 @@ from flax import nnx
 
 from astroflax.models.dropout import dropout, site_key
 
-__all__ = ["SmallCNN", "augment_images", "dihedral_augment", "rotate_small_angle"]
+__all__ = ["SmallCNN", "augment_images", "dihedral_augment", "max_pool_2x2", "rotate_small_angle"]
 
 
 class SmallCNN(nnx.Module):
@@ -68,7 +68,7 @@ class SmallCNN(nnx.Module):
                 x = jax.nn.relu(self.norms[i](self.convs[i](x), use_running_average=not train))
                 i += 1
             if stage < self.num_stages - 1:
-                x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
         return x.mean(axis=(1, 2))
 
     def __call__(self, x: jax.Array, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
@@ -76,6 +76,20 @@ class SmallCNN(nnx.Module):
         if train and self.dropout > 0 and rng is None:
             raise ValueError("train=True with dropout requires an explicit `rng` key")
         return self.head(dropout(self.drop, h, site_key(rng if train else None, 1)))
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2 (an odd last row/column is dropped, as VALID pooling does).
+
+    A reshape and a max over the two window axes, not ``nnx.max_pool``: XLA:CPU runs the latter as a
+    reduce-window whose gradient is a select-and-scatter with integer index tensors (about 22 ms
+    of a morphology step, issue 15's profile); a reduction's gradient is plain elementwise work.
+    Where a window holds equal maxima the gradient is shared among them instead of going to the
+    first one; after a ReLU such ties are zeros, whose gradient is zero either way.
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def dihedral_augment(images: jax.Array, rng: jax.Array) -> jax.Array:
@@ -86,13 +100,15 @@ def dihedral_augment(images: jax.Array, rng: jax.Array) -> jax.Array:
     """
     if images.shape[1] != images.shape[2]:
         raise ValueError(f"dihedral_augment needs square images, got {images.shape[1]}x{images.shape[2]}")
-    k_rot, k_flip = jax.random.split(rng)
+    k_t, k_h, k_w = jax.random.split(rng, 3)
     b = images.shape[0]
-    k = jax.random.randint(k_rot, (b,), 0, 4)
-    rots = jnp.stack([jnp.rot90(images, r, axes=(1, 2)) for r in range(4)], axis=1)  # (B, 4, S, S, C)
-    out = jnp.take_along_axis(rots, k[:, None, None, None, None], axis=1)[:, 0]
-    flip = jax.random.bernoulli(k_flip, 0.5, (b,))
-    return jnp.where(flip[:, None, None, None], out[:, :, ::-1], out)
+    # Each of the 8 symmetries is one of {transpose or not} x {flip rows or not} x {flip columns or
+    # not}, so three independent fair coins pick one uniformly. Three selects over the batch,
+    # not a gather from a stack of the four rotations (4x the images' memory, issue 15's profile).
+    flags = [jax.random.bernoulli(k, 0.5, (b, 1, 1, 1)) for k in (k_t, k_h, k_w)]
+    out = jnp.where(flags[0], images.transpose(0, 2, 1, 3), images)
+    out = jnp.where(flags[1], out[:, ::-1], out)
+    return jnp.where(flags[2], out[:, :, ::-1], out)
 
 
 def rotate_small_angle(images: jax.Array, rng: jax.Array, max_degrees: float) -> jax.Array:

@@ -1,0 +1,69 @@
+"""The ``astroflax`` program's entry point: give the process a better allocator setting, then run
+the CLI.
+
+Why: XLA:CPU takes each step's temporary buffers from malloc and frees them at the end of the step.
+glibc serves blocks this large with fresh ``mmap`` s, so every step touches newly mapped memory
+and page-faults on each 4 KiB page (tens of thousands of minor faults a step, a third of the
+transients step spent in the kernel). With ``glibc.malloc.hugetlb=1`` glibc asks for transparent
+huge pages on that memory (``madvise``), so a fault maps 2 MiB instead of 4 KiB. glibc reads its
+tunables only when a process starts, so the first process re-executes itself once with the
+setting in its environment (the same PID: signals, srun and process managers are not disturbed).
+Measured trade-offs are in ``benchmarks/vs_torch.py`` and the README.
+
+Kept out of :func:`astroflax.cli.main`, which tests and notebooks call in-process, where
+re-executing would replace the caller. Set ``ASTROFLAX_ALLOCATOR=default`` to keep glibc's defaults;
+a ``glibc.malloc.hugetlb`` already in ``GLIBC_TUNABLES`` is left as the user set it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Mapping
+
+TUNABLES = "glibc.malloc.hugetlb=1"
+
+
+def _on_glibc_linux() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:  # os.confstr is cheaper than platform.libc_ver(), which reads the interpreter binary
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (ValueError, OSError):
+        return False
+
+
+def allocator_env(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The environment to run JAX under, or None when ``environ`` needs no change (already set,
+    opted out, or not glibc on Linux)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("ASTROFLAX_ALLOCATOR", "").lower() == "default" or not _on_glibc_linux():
+        return None
+    current = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in current:
+        return None
+    return {**environ, "GLIBC_TUNABLES": f"{current}:{TUNABLES}" if current else TUNABLES}
+
+
+def interrupted_at_start(signum, frame) -> None:
+    """Ctrl-C while the program is still starting: nothing has started, so stop quietly with 130."""
+    os.write(2, b"interrupted\n")
+    raise SystemExit(130)
+
+
+def main() -> None:
+    """Console entry point (``astroflax`` and ``python -m astroflax``)."""
+    # A Ctrl-C before the CLI is imported must not print a traceback (astroflax.cli installs the
+    # same handler when it is imported without this entry point, and replaces it in main()).
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupted_at_start)
+    env = allocator_env()
+    if env is not None and sys.orig_argv:
+        try:
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        except OSError:
+            pass  # cannot re-execute (an unusual interpreter or sandbox): run with glibc's defaults
+    from astroflax.cli import main as cli_main
+
+    cli_main()
