@@ -27,7 +27,7 @@ def _start_lines(env: dict[str, str]) -> tuple[list[list[str]], subprocess.Compl
 
 
 def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ASTROFLAX_ALLOCATOR")}
+    return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ASTROFLAX_ALLOCATOR", "ASTROFLAX_LAUNCHED")}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables exist on Linux only")
