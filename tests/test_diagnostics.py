@@ -31,7 +31,7 @@ def test_check_transients_passes_and_prints_tables(tmp_path, capsys):
     for title in ("model summary", "gradient check", "gradient health", "overfit one batch", "class balance",
                   "NaN / Inf", "value ranges", "duplicates across splits", "All checks passed"):
         assert title in out, title
-    assert "encoder.layers.0.attn.query.kernel" in out and "total (trainable)" in out  # dotted, as --freeze takes them
+    assert "encoder.layers.0.attn.qkv.kernel" in out and "total (trainable)" in out  # dotted, as --freeze takes them
     results = {c["name"]: c for c in json.loads(report.read_text())["checks"]}
     assert all(c["status"] in ("pass", "warn") for c in results.values())
     assert results["gradient check"]["value"] < checks.GRADCHECK_TOL

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from astroflax.models.lightcurve import LightCurveEncoder, TimeEncoding, TransientClassifier
+from astroflax.models.lightcurve import (LightCurveEncoder, SelfAttention, TimeEncoding, TransientClassifier,
+                                         key_padding_bias)
 
 NUM_CLASSES = 5
 NUM_BANDS = 6
@@ -234,6 +235,41 @@ def test_encoder_reusable_with_extra_features():
     changed = extra.copy()
     changed[0, 0] += 1.0
     assert not np.allclose(z1[0], np.asarray(run(state, dict(b, obs_features=changed))[0])[0], atol=1e-5)
+
+
+def test_fused_self_attention_equals_flax_attention_with_a_boolean_mask():
+    """The fused-QKV, additive-bias attention computes what nnx.MultiHeadAttention does, with the
+    same weights, including a fully padded row (uniform weights), and the same gradient."""
+    d, heads = 16, 4
+    ours = SelfAttention(heads, d, rngs=nnx.Rngs(0))
+    flax_mha = nnx.MultiHeadAttention(num_heads=heads, in_features=d, decode=False, keep_rngs=False,
+                                      rngs=nnx.Rngs(1))
+    kq = ours.qkv.kernel[...].reshape(d, 3, heads, d // heads)
+    bq = ours.qkv.bias[...].reshape(3, heads, d // heads)
+    for i, name in enumerate(("query", "key", "value")):
+        getattr(flax_mha, name).kernel[...] = kq[:, i]
+        getattr(flax_mha, name).bias[...] = bq[i]
+    flax_mha.out.kernel[...] = ours.out.kernel[...].reshape(heads, d // heads, d)
+    flax_mha.out.bias[...] = ours.out.bias[...]
+    x = jax.random.normal(KEY0, (3, 7, d))
+    mask = jnp.asarray(np.arange(7)[None, :] < np.array([7, 3, 0])[:, None])
+
+    def f_ours(x):
+        return ours(x, key_padding_bias(mask))
+
+    def f_flax(x):
+        return flax_mha(x, mask=mask[:, None, None, :], deterministic=True)
+
+    np.testing.assert_allclose(f_ours(x), f_flax(x), rtol=2e-5, atol=2e-6)
+    # The gradient through valid queries (the encoder zeroes padded rows after each layer; in a
+    # fully padded row the bias version still passes a gradient to its logits, flax's `where` not).
+    def loss(f):
+        return lambda x: jnp.sum(jnp.where(mask[..., None], jnp.sin(f(x)), 0.0))
+
+    g_ours, g_flax = jax.grad(loss(f_ours))(x), jax.grad(loss(f_flax))(x)
+    np.testing.assert_allclose(g_ours, g_flax, rtol=1e-4, atol=1e-5)
+    assert sum(p.size for p in jax.tree.leaves(nnx.state(ours, nnx.Param))) == \
+        sum(p.size for p in jax.tree.leaves(nnx.state(flax_mha, nnx.Param)))
 
 
 def test_full_self_attention_variant_padding_invariant():

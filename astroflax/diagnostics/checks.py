@@ -68,7 +68,7 @@ def _worst(statuses: list[str]) -> str:
 
 def _key(path: tuple) -> str:
     """A parameter's dotted path, as ``--freeze``, ``optim.no_decay`` etc. match it
-    (``encoder.layers.0.attn.query.kernel``): the keys of :func:`astroflax.train.optim.flat_params`."""
+    (``encoder.layers.0.attn.qkv.kernel``): the keys of :func:`astroflax.train.optim.flat_params`."""
     return path_str(path)
 
 
