@@ -54,10 +54,22 @@ def allocator_env(environ: Mapping[str, str] | None = None) -> dict[str, str] | 
     return {**environ, "GLIBC_TUNABLES": f"{current}:{TUNABLES}" if current else TUNABLES}
 
 
+_START = {"interrupted": False}
+
+
 def interrupted_at_start(signum, frame) -> None:
     """Ctrl-C while the program is still starting: nothing has started, so stop quietly with 130."""
+    # Recorded as well as raised: a handler that runs inside a __del__ or a weakref callback
+    # during an import has its exception printed and dropped, and the run would go on.
+    _START["interrupted"] = True
     os.write(2, b"interrupted\n")
     raise SystemExit(130)
+
+
+def interrupted_during_start_up() -> bool:
+    """Whether :func:`interrupted_at_start` ran (and its exit was swallowed); true only once."""
+    seen, _START["interrupted"] = _START["interrupted"], False
+    return seen
 
 
 def main() -> None:
@@ -66,13 +78,24 @@ def main() -> None:
     # same handler when it is imported without this entry point, and replaces it in main()).
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupted_at_start)
+    if os.environ.get(_LAUNCHED) == "1":
+        # Re-executed: a Ctrl-C that came during the exec is pending (blocked below); now that the
+        # handler is in place it is delivered and stops the program with 130.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     env = allocator_env()
     # _LAUNCHED: once only, even if something between exec and here drops GLIBC_TUNABLES again.
     if env is not None and sys.orig_argv and not os.environ.get(_LAUNCHED):
+        # Block SIGINT over the exec. Unblocked, a Ctrl-C that reached Python's C-level handler
+        # just before execve set a flag in the image execve then discarded: the signal was lost
+        # and the run trained on (seen once in CI, three runs starting on two loaded cores). The
+        # kernel keeps a blocked signal pending across execve; the new image unblocks it above.
+        # pthread_sigmask runs any handler already due, so nothing is lost before the block.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**env, _LAUNCHED: "1"})
         except OSError:
-            pass  # cannot re-execute (an unusual interpreter or sandbox): run with glibc's defaults
+            # cannot re-execute (an unusual interpreter or sandbox): run with glibc's defaults
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     from astroflax.cli import main as cli_main
 
     cli_main()

@@ -21,6 +21,7 @@ import threading
 import warnings
 
 from astroflax.launch import interrupted_at_start as _interrupted_while_importing
+from astroflax.launch import interrupted_during_start_up
 
 # Until main() runs (the imports below take a moment), a Ctrl-C must not print a traceback.
 if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(argv: list[str] | None) -> None:
     _STATE["interrupted"] = _STATE["reported"] = False
+    if interrupted_during_start_up():  # its SystemExit was swallowed; "interrupted" is printed
+        _STATE["reported"] = True
+        sys.exit(130)
     previous = signal.getsignal(signal.SIGINT)
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread and previous in (_interrupted_while_importing, signal.default_int_handler):
