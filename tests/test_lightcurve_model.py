@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from astroflax.models.lightcurve import (LightCurveEncoder, SelfAttention, TimeEncoding, TransientClassifier,
-                                         key_padding_bias)
+                                         blockwise_attention, dense_attention, key_padding_bias)
 
 NUM_CLASSES = 5
 NUM_BANDS = 6
@@ -282,6 +282,56 @@ def test_full_self_attention_variant_padding_invariant():
     l1, l2 = np.asarray(apply(state, b, KEY0)), np.asarray(apply(state, longer, KEY0))
     assert np.all(np.isfinite(l1))
     np.testing.assert_allclose(l1, l2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("block", [4, 5, 13])  # divides L; leaves a partial last block; one block
+def test_blockwise_attention_equals_dense_attention_forward_and_backward(block):
+    """The online-softmax attention is the dense one to float32 rounding: valid rows, a row whose
+    first blocks are all padding, a fully padded row (uniform weights), and the gradients."""
+    b, n, h, dh = 4, 12, 2, 8
+    kq, kk, kv = jax.random.split(KEY0, 3)
+    q, k, v = (3.0 * jax.random.normal(key, (b, n, h, dh)) for key in (kq, kk, kv))
+    valid = np.arange(n)[None, :] < np.array([12, 5, 0, 12])[:, None]
+    valid[3, :9] = False  # keys only in the last block(s)
+    bias = key_padding_bias(jnp.asarray(valid))
+    dense, blocked = dense_attention(q, k, v, bias), blockwise_attention(q, k, v, bias, block)
+    np.testing.assert_allclose(blocked, dense, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(blocked[2], jnp.broadcast_to(v[2].mean(0), (n, h, dh)), rtol=1e-5, atol=1e-5)
+
+    def loss(f):
+        return lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))
+
+    g_dense = jax.grad(loss(lambda *a: dense_attention(*a, bias)), argnums=(0, 1, 2))(q, k, v)
+    g_block = jax.grad(loss(lambda *a: blockwise_attention(*a, bias, block)), argnums=(0, 1, 2))(q, k, v)
+    for gb, gd in zip(g_block, g_dense):
+        assert np.all(np.isfinite(gb))
+        np.testing.assert_allclose(gb, gd, rtol=1e-4, atol=1e-4)
+
+
+def test_blockwise_model_equals_dense_model_and_stays_padding_invariant():
+    """attention_block changes how the full attention is computed, not what: same logits as the
+    dense model with the same weights, and appending padding (L 12 -> 17, a new partial block)
+    changes nothing."""
+    kw = dict(SMALL, num_layers=2, attention="full")
+    dense = TransientClassifier(3, rngs=nnx.Rngs(2), **kw)
+    blocked = TransientClassifier(3, attention_block=5, rngs=nnx.Rngs(2), **kw)
+    b = make_batch(B=3, L=12, lengths=[12, 2, 0], seed=11)
+    longer = {k: np.concatenate([v, np.repeat(v[:, -1:], 5, axis=1)], axis=1) for k, v in b.items()}
+    longer["mask"][:, 12:] = False
+    longer["flux"][:, 12:] = 1e6
+    state_d, apply_d, _ = jitted_apply(dense)
+    state_b, apply_b, _ = jitted_apply(blocked)
+    ref = np.asarray(apply_d(state_d, b, KEY0))
+    np.testing.assert_allclose(np.asarray(apply_b(state_b, b, KEY0)), ref, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(apply_b(state_b, longer, KEY0)), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_block_with_induced_attention_names_the_keys():
+    from astroflax.errors import ConfigError
+    from astroflax.models.lightcurve import LightCurveModelConfig, build_classifier
+
+    with pytest.raises(ConfigError, match=r"'model.attention_block' = 64: .*model.attention is 'induced'"):
+        build_classifier(LightCurveModelConfig(attention="induced", attention_block=64), 3, rngs=nnx.Rngs(0))
 
 
 def test_training_augmentation_only_in_train_mode():

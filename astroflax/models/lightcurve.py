@@ -149,6 +149,56 @@ def key_padding_bias(mask: jax.Array) -> jax.Array:
     return jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :].astype(jnp.float32)
 
 
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """Softmax attention with the (B, h, L, L) logits materialised. ``q`` (B, L, h, dh) is
+    already scaled; ``bias`` is :func:`key_padding_bias`'s (B, 1, 1, L)."""
+    w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) + bias, axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", w, v)
+
+
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, block: int) -> jax.Array:
+    """:func:`dense_attention` over blocks of ``block`` keys with an online softmax (Milakov &
+    Gimelshein 2018; Rabe & Staats 2021; the forward half of FlashAttention).
+
+    Why: the dense form keeps (B, h, L, L) logits and weights for the backward pass, which grows
+    as L^2 (B = 64, 4 heads, L = 2048: 4 GiB a layer); here the scan body is rematerialised in
+    the backward pass, so a layer keeps O(B h L block) at a time. Written here because JAX's own
+    fused kernels (``jax.nn.dot_product_attention`` with cuDNN, the Pallas flash kernels) run on
+    GPU/TPU only; its XLA implementation on CPU materialises the logits.
+
+    Same function as the dense form to float32 rounding, masking included: masked keys get
+    weight exactly 0 and a fully padded row the uniform weights of the dense softmax. Keys added
+    to fill the last block get a bias of -inf (weight 0 even in a fully padded row).
+    """
+    b, n, h, dh = q.shape
+    nb = -(-n // block)
+    fill = nb * block - n
+    if fill:
+        k = jnp.pad(k, ((0, 0), (0, fill), (0, 0), (0, 0)))
+        v = jnp.pad(v, ((0, 0), (0, fill), (0, 0), (0, 0)))
+        bias = jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (0, fill)), constant_values=-jnp.inf)
+    kb = k.reshape(b, nb, block, h, dh).swapaxes(0, 1)  # (nb, B, block, h, dh)
+    vb = v.reshape(b, nb, block, h, dh).swapaxes(0, 1)
+    bb = bias.reshape(b, 1, 1, nb, block).transpose(3, 0, 1, 2, 4)  # (nb, B, 1, 1, block)
+
+    @jax.checkpoint
+    def step(carry, blk):
+        top, total, acc = carry  # running max (B, h, L), softmax denominator (B, h, L), numerator (B, L, h, dh)
+        kj, vj, bj = blk
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, kj) + bj
+        # The result does not depend on the shift; stopping its gradient saves the max's backward.
+        new_top = jax.lax.stop_gradient(jnp.maximum(top, s.max(axis=-1)))
+        p = jnp.exp(s - new_top[..., None])
+        rescale = jnp.exp(top - new_top)  # 0 at the first block (top = -inf)
+        total = total * rescale + p.sum(axis=-1)
+        acc = acc * rescale.swapaxes(1, 2)[..., None] + jnp.einsum("bhqk,bkhd->bqhd", p, vj)
+        return (new_top, total, acc), None
+
+    init = (jnp.full((b, h, n), -jnp.inf, q.dtype), jnp.zeros((b, h, n), q.dtype), jnp.zeros_like(q))
+    (_, total, acc), _ = jax.lax.scan(step, init, (kb, vb, bb))
+    return acc / total.swapaxes(1, 2)[..., None]
+
+
 class SelfAttention(nnx.Module):
     """Multi-head self-attention with one fused QKV projection and an additive key bias.
 
@@ -156,10 +206,12 @@ class SelfAttention(nnx.Module):
     LeCun-normal kernels with fan-in d_model, zero biases) but one (d, 3d) matmul instead of
     three and the mask as a bias computed once per batch. Full-preset train step (L = 192,
     d = 64, 4 heads, batch 64, one pinned core, benchmarks/vs_torch.py): 781 -> 605 ms.
+    ``block`` > 0 computes it blockwise (:func:`blockwise_attention`) when L exceeds ``block``.
     """
 
-    def __init__(self, num_heads: int, d_model: int, *, rngs: nnx.Rngs):
+    def __init__(self, num_heads: int, d_model: int, *, block: int = 0, rngs: nnx.Rngs):
         self.num_heads = int(num_heads)
+        self.block = int(block)
         self.qkv = nnx.Linear(d_model, 3 * d_model, dot_general=_flat_dot_general, rngs=rngs)
         self.out = nnx.Linear(d_model, d_model, dot_general=_flat_dot_general, rngs=rngs)
 
@@ -167,18 +219,21 @@ class SelfAttention(nnx.Module):
         b, n, d = x.shape
         h = self.num_heads
         q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3, h, d // h), 3, axis=2)
-        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, L, h, dh)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * (d // h) ** -0.5, k) + bias
-        w = jax.nn.softmax(logits, axis=-1)
-        return self.out(jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, n, d))
+        q, k, v = q[:, :, 0] * (d // h) ** -0.5, k[:, :, 0], v[:, :, 0]  # (B, L, h, dh)
+        if self.block and n > self.block:
+            o = blockwise_attention(q, k, v, bias, self.block)
+        else:
+            o = dense_attention(q, k, v, bias)
+        return self.out(o.reshape(b, n, d))
 
 
 class _EncoderLayer(nnx.Module):
     """Pre-LayerNorm transformer encoder layer (MHA + GELU MLP)."""
 
-    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int, dropout: float, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int, dropout: float, *, block: int = 0,
+                 rngs: nnx.Rngs):
         self.ln_attn = nnx.LayerNorm(d_model, rngs=rngs)
-        self.attn = SelfAttention(num_heads, d_model, rngs=rngs)
+        self.attn = SelfAttention(num_heads, d_model, block=block, rngs=rngs)
         self.ln_mlp = nnx.LayerNorm(d_model, rngs=rngs)
         self.fc1 = _linear(d_model, d_model * mlp_ratio, rngs)
         self.fc2 = _linear(d_model * mlp_ratio, d_model, rngs)
@@ -260,6 +315,7 @@ class LightCurveEncoder(nnx.Module):
         num_obs_features: int = 0,
         obs_feature_key: str = "obs_features",
         attention: str = "induced",
+        attention_block: int = 0,
         num_inducing: int = 16,
         num_frequencies: int = 16,
         min_period: float = 0.1,
@@ -287,7 +343,9 @@ class LightCurveEncoder(nnx.Module):
         )
         self.embed_drop = nnx.Dropout(dropout)
         if attention == "full":
-            make = lambda: _EncoderLayer(d_model, num_heads, mlp_ratio, dropout, rngs=rngs)  # noqa: E731
+            make = lambda: _EncoderLayer(  # noqa: E731
+                d_model, num_heads, mlp_ratio, dropout, block=attention_block, rngs=rngs
+            )
         elif attention == "induced":
             make = lambda: _InducedEncoderLayer(  # noqa: E731
                 d_model, num_heads, mlp_ratio, dropout, num_inducing, rngs=rngs
@@ -439,6 +497,10 @@ class LightCurveModelConfig(Section):
     attention: Literal["full", "induced"] = Field(
         "full", description="full: masked self-attention, O(L^2); induced: via learned latents, O(L) (Set Transformer)"
     )
+    attention_block: int = Field(
+        0, ge=0, description="full attention on sequences longer than this: online softmax over blocks of this many "
+        "keys, memory O(L x block) instead of O(L^2); 0 = always all keys at once"
+    )
     num_inducing: int = Field(16, ge=1, description="latent vectors of the induced attention")
     num_frequencies: int = Field(16, ge=2, description="sinusoidal time-encoding frequencies")
     min_period: float = Field(0.1, gt=0, description="shortest time-encoding period in days")
@@ -452,6 +514,9 @@ def build_classifier(m: LightCurveModelConfig, num_classes: int, *, num_bands: i
     """The classifier a ``model`` section describes; bad combinations name their config keys."""
     if m.d_model % m.num_heads:
         raise ConfigError(f"config key 'model.d_model' = {m.d_model}: must be divisible by model.num_heads = {m.num_heads}")
+    if m.attention_block and m.attention != "full":
+        raise ConfigError(f"config key 'model.attention_block' = {m.attention_block}: blocks the full attention; "
+                          f"model.attention is {m.attention!r} (set it to 'full' or the block to 0)")
     if m.min_period >= m.max_period:
         raise ConfigError(f"config key 'model.min_period' = {m.min_period}: must be below model.max_period = {m.max_period}")
     return TransientClassifier(num_classes, num_bands=num_bands, meta_dim=meta_dim, rngs=rngs, **m.model_dump())
