@@ -95,7 +95,7 @@ def finetune(
     from astroflax.runs import load_run
     from astroflax.train.loop import train
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     source = Path(source)
     src = load_run(source, checkpoint)
     # Batch-norm statistics travel with the weights they normalise (paths do not collide with params).

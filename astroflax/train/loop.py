@@ -377,7 +377,8 @@ def train(
     run_dir = cfg.resolved_run_dir()
     resuming = will_resume(cfg, run_dir, resume)
     c = build_components(cfg, init_params=None if resuming else init_params)
-    run = _Run(cfg, c, run_dir, console or Console(stderr=True), on_validation)
+    # soft_wrap as the CLI's: a message is one line in a log, whatever the width of the terminal.
+    run = _Run(cfg, c, run_dir, console or Console(stderr=True, soft_wrap=True), on_validation)
     run.restore_latest() if resuming else run.start_fresh()
     run.compile()
     hooks = Hooks()

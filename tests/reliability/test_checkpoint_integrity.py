@@ -369,3 +369,64 @@ def test_a_non_finite_state_is_never_written(tmp_path):
         ckpt.save(1, bad, {}, {"step": 1}, None)
     ckpt.close()
     assert Checkpointer(d, read_only=True).steps() == []
+
+
+# ------------------------------------------- the array tree Orbax is handed (train/checkpoint.py)
+def _nnx_state(seed: int):
+    """A real train state: NNX Variables, an optax chain with EmptyStates, batch statistics."""
+    import optax
+    from flax import nnx
+
+    from astroflax.train.state import create_state
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List([nnx.Linear(3, 5, rngs=rngs), nnx.Linear(5, 2, rngs=rngs)])
+            self.norm = nnx.BatchNorm(5, rngs=rngs)
+
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    _, state = create_state(Net(nnx.Rngs(seed)), tx, seed)
+    return jax.tree.map(lambda x: x + seed, state)  # values that differ from a fresh init
+
+
+def _assert_same(a, b) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for (pa, xa), (pb, xb) in zip(jax.tree_util.tree_flatten_with_path(a)[0],
+                                  jax.tree_util.tree_flatten_with_path(b)[0]):
+        assert pa == pb
+        np.testing.assert_array_equal(np.asarray(xa), np.asarray(xb), err_msg=jax.tree_util.keystr(pa))
+
+
+def test_the_array_tree_round_trips_a_train_state():
+    from astroflax.train.checkpoint import from_arrays, to_arrays
+
+    state = _nnx_state(3)
+    arrays = to_arrays(state)
+    assert set(arrays["params"]["layers"]) == {0, 1}  # under the names Orbax gives them
+    assert isinstance(arrays["opt_state"], list)  # a tuple's positions stay positions
+    assert not any(hasattr(x, "value") for x in jax.tree.leaves(arrays))  # no Variables left
+    assert len(jax.tree.leaves(arrays)) == len(jax.tree.leaves(state))
+    _assert_same(from_arrays(arrays, state), state)
+
+
+@pytest.mark.parametrize("saved_as", ["variables", "arrays"])
+def test_checkpoints_of_either_tree_form_restore_exactly(tmp_path, monkeypatch, saved_as):
+    """Runs saved before the save handed Orbax plain arrays (a Variable tree) still resume, and
+    the files of both forms are the same apart from the order of keys in the tree metadata."""
+    import astroflax.train.checkpoint as checkpoint
+
+    state = _nnx_state(2)
+    dirs = {}
+    for form in ("variables", "arrays"):
+        with monkeypatch.context() as m:
+            if form == "variables":
+                m.setattr(checkpoint, "to_arrays", lambda tree: tree)
+            ckpt = checkpoint.Checkpointer(tmp_path / form, _cfg(), warn=lambda m: None)
+            ckpt.save(7, state, {"iterator": {"next_index": 7}}, {"step": 7}, {"val_loss": 0.5})
+            ckpt.close()
+        dirs[form] = tmp_path / form / "7" / "state"
+    assert (json.loads((dirs["variables"] / "_METADATA").read_text())
+            == json.loads((dirs["arrays"] / "_METADATA").read_text()))
+    restored, _, _ = checkpoint.Checkpointer(tmp_path / saved_as, read_only=True).restore(
+        7, checkpoint.abstract_like(_nnx_state(0)))
+    _assert_same(restored, state)
