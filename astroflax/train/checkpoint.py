@@ -117,8 +117,8 @@ def to_arrays(tree: Any) -> dict:
 
     Why: Orbax maps over the tree it saves about six times per save, and every map rebuilds an
     NNX train state's ``Variable`` objects (223 in the transients quick state; each asks JAX for
-    its trace state). On the quick state that was ~0.1 s of every 0.4 s the loop was blocked by
-    a save; plain dicts cost nothing to rebuild.
+    its trace state); plain dicts cost nothing to rebuild. On the quick state, medians of
+    interleaved saves: the loop blocked 81.6 -> 74.6 ms, the commit took 618 -> 558 ms.
     """
     root: dict = {}
     made, sequences = {id(root)}, set()  # nodes built here; those keyed by position (lists)
@@ -447,8 +447,8 @@ class Checkpointer:
             )
             # Uncompressed arrays: zstd bought 8% on a 105 MB state of float32 weights (97.1 MB
             # on disk) for 75% more time in Orbax's write (0.237 s vs 0.135 s); a commit here
-            # went from 544 to 399 ms (medians of interleaved saves, README "Speed"). Restoring reads each array's codec from disk: older compressed
-            # checkpoints still restore.
+            # went from 544 to 399 ms (medians of interleaved saves, README "Speed"). Restoring
+            # reads each array's codec from disk: older compressed checkpoints still restore.
             handlers = {"state": ocp.PyTreeCheckpointHandler(use_compression=False),
                         "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
             try:
