@@ -3,7 +3,9 @@
 For two states -- the transients quick preset's real train state (small, many leaves) and a
 ~105 MB synthetic one -- it times astroflax's ``Checkpointer``: how long ``save`` blocks the
 training loop, and how long until the step is committed (``wait``, which includes astroflax's
-checksums). The baseline writes the same bytes to one file and fsyncs it.
+checksums); and ``loop``: how long each save holds a loop that trains (sleeps) between saves,
+which also counts what a save leaves for the next one. The baseline writes the same bytes to one
+file and fsyncs it.
 
     python benchmarks/checkpoint_io.py [--repeats 5] [--dir /path/on/the/disk/to/test]
 """
@@ -74,22 +76,40 @@ def checkpoint_times(directory: Path, state, repeats: int) -> tuple[list[float],
     return blocked, committed
 
 
+def loop_blocking(directory: Path, state, repeats: int, gap: float) -> list[float]:
+    """Seconds each ``save`` holds a loop that trains ``gap`` seconds between saves (a sleep
+    here): what the loop really loses per save, including any work a save leaves for the next."""
+    ckpt = Checkpointer(directory / "loop", CheckpointConfig(keep_latest=2, keep_best=0))
+    out = []
+    try:
+        for step in range(repeats + 1):
+            t = time.perf_counter()
+            ckpt.save(step, state, {"position": step}, {"step": step}, {"val_loss": 1.0})
+            if step:
+                out.append(time.perf_counter() - t)
+            time.sleep(gap)
+    finally:
+        ckpt.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args()
     print(f"{'state':22s} {'MB':>7s} {'leaves':>6s} {'fsync MB/s':>10s} {'ckpt MB/s':>9s} {'ratio':>6s} "
-          f"{'commit s':>8s} {'blocks s':>8s}")
+          f"{'commit s':>8s} {'blocks s':>8s} {'loop s':>7s}")
     for name, make in (("transients quick", quick_state), ("synthetic 105 MB", large_state)):
         state = make()
         size = state_bytes(state)
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             base = statistics.median(fsync_write(Path(tmp), state) for _ in range(args.repeats))
             blocked, committed = checkpoint_times(Path(tmp), state, args.repeats)
-        commit = statistics.median(committed)
+            commit = statistics.median(committed)
+            loop = loop_blocking(Path(tmp), state, args.repeats, gap=2 * commit + 0.5)
         print(f"{name:22s} {size / 1e6:7.2f} {len(jax.tree.leaves(state)):6d} {size / 1e6 / base:10.0f} "
-              f"{size / 1e6 / commit:9.1f} {base / commit:6.2f} {commit:8.3f} {statistics.median(blocked):8.3f}")
+              f"{size / 1e6 / commit:9.1f} {base / commit:6.2f} {commit:8.3f} {statistics.median(blocked):8.3f} {statistics.median(loop):7.3f}")
 
 
 if __name__ == "__main__":

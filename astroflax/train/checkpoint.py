@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -427,6 +428,7 @@ class Checkpointer:
         self.warn = warn or _stderr_warning
         self.events: list[dict[str, Any]] = []
         self._pending: tuple | None = None  # (step, state, data_state, meta, metrics) of a save in flight
+        self._recorder: tuple[threading.Thread, list] | None = None  # checksums of the last commit
         self._commits = 0
         self._restorer: ocp.Checkpointer | None = None
         self._problems: list[str] = []
@@ -495,8 +497,10 @@ class Checkpointer:
         return self._mgr is not None and bool(self._mgr.reached_preemption(step))
 
     def wait(self) -> None:
-        """Block until the save in flight is on disk; its failure is raised here (one line)."""
+        """Block until the save in flight is on disk with its checksums (and backup); its
+        failure is raised here (one line)."""
         self._settle()
+        self._join_recorder()
 
     def close(self) -> None:
         if self._mgr is None:
@@ -504,6 +508,7 @@ class Checkpointer:
         try:
             self._settle()
         finally:
+            self._join_recorder()
             mgr, self._mgr = self._mgr, None
             try:
                 mgr.close()
@@ -543,6 +548,7 @@ class Checkpointer:
 
     def _settle(self) -> None:
         """Wait for the save in flight; back it up when committed, handle it if it failed."""
+        self._join_recorder()
         if self._pending is None or self._mgr is None:
             return
         pending, self._pending = self._pending, None
@@ -568,15 +574,35 @@ class Checkpointer:
         self._committed(step)
 
     def _committed(self, step: int) -> None:
+        """Record the committed step's checksums (and back it up) in a thread, joined before
+        the next save or read: hashing runs beside training rather than inside the next
+        ``save`` (0.10 s of the loop's time per save of a 105 MB state, and a backup's copy)."""
         self._commits += 1
         if not _primary():  # process 0 records checksums and makes the backups
             return
+        backup = self.backup_dir is not None and self._commits % self.backup_every == 0
+        notes: list[tuple[str, tuple]] = []
+        self._recorder = (threading.Thread(target=self._record, args=(step, backup, notes),
+                                           name=f"astroflax-checksums-{step}"), notes)
+        self._recorder[0].start()
+
+    def _record(self, step: int, backup: bool, notes: list) -> None:
         try:
             write_checksums(self.directory / str(step))
         except OSError as exc:  # the step is committed and usable; only bit rot would go unnoticed
-            self.warn(f"could not record checksums of checkpoint step {step}: {_first_line(exc)}")
-        if self.backup_dir is not None and self._commits % self.backup_every == 0:
-            self._backup(step)
+            notes.append(("warn", (f"could not record checksums of checkpoint step {step}: {_first_line(exc)}",)))
+        if backup:
+            self._backup(step, notes)
+
+    def _join_recorder(self) -> None:
+        """Wait for the checksums and backup of the last commit; report what they noted."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is None or recorder[0] is threading.current_thread():
+            self._recorder = recorder
+            return
+        recorder[0].join()
+        for kind, args in recorder[1]:
+            self._event(*args) if kind == "event" else self.warn(*args)
 
     def _remove_partial(self, step: int) -> None:
         """Remove what a failed save of ``step`` left: its temporary directory, or an uncommitted final one."""
@@ -636,9 +662,10 @@ class Checkpointer:
         )
 
     # ---------------------------------------------------------------- backup
-    def _backup(self, step: int) -> None:
+    def _backup(self, step: int, notes: list) -> None:
         """Copy committed ``step`` into the backup directory (atomically: copy, then rename). A
-        failed backup is a warning: the primary checkpoint is intact."""
+        failed backup is a warning (in ``notes``, for the loop's thread): the primary
+        checkpoint is intact."""
         src = self.directory / str(step)
         dst_root = self.backup_dir
         tmp = dst_root / f".{step}.backup-partial-{os.getpid()}"
@@ -656,12 +683,12 @@ class Checkpointer:
                 os.replace(final, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, final)
-            self._event("backup", step, str(final))
+            notes.append(("event", ("backup", step, str(final))))
             self._prune_backups()
         except Exception as exc:  # noqa: BLE001 - a backup never stops training
             shutil.rmtree(tmp, ignore_errors=True)
-            self._event("backup_failed", step, _first_line(exc))
-            self.warn(f"could not back up checkpoint step {step} to {dst_root}: {_first_line(exc)}")
+            notes.append(("event", ("backup_failed", step, _first_line(exc))))
+            notes.append(("warn", (f"could not back up checkpoint step {step} to {dst_root}: {_first_line(exc)}",)))
 
     def _prune_backups(self) -> None:
         """Keep the newest ``keep_latest`` backups and the ``keep_best`` best ones."""
@@ -693,6 +720,7 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def _sources(self, step: int) -> list[Path]:
+        self._join_recorder()  # a backup being made is a source once it is complete
         out = [d for d in (self.directory, self.backup_dir)
                if d is not None and step in _list_steps(d)]
         return out
@@ -711,6 +739,7 @@ class Checkpointer:
         """The checks that need no model: commit record, items, metadata and data-state JSON,
         and (``checksums``) the files against the checksums recorded at commit.
         Returns (meta, data_state); raises :class:`DamagedCheckpoint`."""
+        self._join_recorder()  # its checksums may still be being recorded
         directory = directory or self.directory
         step_dir = directory / str(step)
         if not step_dir.is_dir():

@@ -340,6 +340,39 @@ def test_backup_receives_every_kth_checkpoint_and_restore_falls_back_to_it(tmp_p
     assert ro.restore_latest(target)[0] == 6
 
 
+def test_checksums_and_backups_are_made_beside_the_loop_and_reported_on_its_thread(tmp_path, monkeypatch):
+    """Hashing a committed step (and copying it to the backup) runs in a thread, not in the next
+    ``save``; what that thread notes (a failed backup) reaches the caller's warnings and events."""
+    import threading
+
+    import astroflax.train.checkpoint as checkpoint
+
+    hashed_on = []
+    real = checkpoint.write_checksums
+
+    def recording(step_dir):
+        hashed_on.append(threading.current_thread())
+        real(step_dir)
+
+    monkeypatch.setattr(checkpoint, "write_checksums", recording)
+    backup = tmp_path / "backup"
+    backup.write_text("a file where the backup directory should be")  # every backup fails
+    warnings: list[str] = []
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", _cfg(keep_latest=3, keep_best=0),
+                                   backup_dir=backup, backup_every=1, warn=warnings.append)
+    for step in (1, 2):
+        _save(ckpt, step, 1.0)
+    ckpt.wait()
+    assert len(hashed_on) == 2 and threading.current_thread() not in hashed_on
+    for step in (1, 2):  # recorded in full once wait() returns
+        assert (tmp_path / "checkpoints" / str(step) / checkpoint.CHECKSUM_FILE).is_file()
+    assert [w for w in warnings if "could not back up checkpoint step" in w and str(backup) in w] != []
+    assert {e["step"] for e in ckpt.events if e["event"] == "backup_failed"} == {1, 2}
+    ckpt.close()
+    assert checkpoint.Checkpointer(tmp_path / "checkpoints", read_only=True).verify(
+        2, checkpoint.abstract_like(_tiny_state(0.0))).step == 2
+
+
 def test_error_classification_for_retries_and_full_disks():
     from astroflax.train.checkpoint import is_disk_full, is_transient
 
