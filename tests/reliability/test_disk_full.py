@@ -123,6 +123,7 @@ def test_disk_full_before_a_save_stops_cleanly_and_resumes_exactly(tmpfs, capsys
 
     def commit_then_fill(self, step: int) -> None:
         committed(self, step)
+        self._join_recorder()  # committed with its checksums
         if step == 16 and self.directory.is_relative_to(disk / "run"):
             filled["need"] = space_needed(dir_bytes(self.directory / "16"))
             fill_to(disk, filled["need"] // 2)
