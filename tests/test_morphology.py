@@ -316,3 +316,35 @@ def test_survey_display_is_stretched_quantised_and_nearly_grey_noise():
     assert c_lin > 0.8 * l_lin  # independent noise per band: strongly coloured
     assert c_disp < 0.65 * (c_lin / l_lin) * l_disp  # composite: relative colour noise cut by > 1/3
     assert l_disp > 1.3 * l_lin  # the display stretch lifts the sky noise
+
+
+def test_mc_dropout_passes_drop_the_head_and_keep_batchnorm_frozen():
+    """MC-dropout on a BatchNorm CNN: passes differ with the key and repeat with it, the running
+    averages are used (a row's pass ignores what else is in its batch) and are not updated, and
+    no augmentation is applied (a 90-degree rotation of the input changes the output)."""
+    from flax import nnx
+
+    task, model, cfg, info = _tiny_morphology_model()
+    cfg.model = cfg.model.model_copy(update={"dropout": 0.5})
+    model = task.build_model(cfg, info, nnx.Rngs(0))
+    fn = task.make_predict_stochastic_fn(cfg, info)
+    assert fn is not None
+    assert task.make_predict_stochastic_fn(SimpleCfg(cfg, dropout=0.0), info) is None
+    r = np.random.default_rng(1)
+    x = (2.0 + 3.0 * r.normal(size=(8, 16, 16, 3))).astype(np.float32)
+    k1, k2 = jax.random.key(1), jax.random.key(2)
+    a, b = np.asarray(fn(model, {"image": x}, k1)), np.asarray(fn(model, {"image": x}, k2))
+    np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+    assert not np.allclose(a, b, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(fn(model, {"image": x}, k1)), a)
+    other = x.copy()
+    other[1:] = r.normal(size=other[1:].shape)  # the rest of the batch changes, row 0 does not
+    np.testing.assert_allclose(np.asarray(fn(model, {"image": other}, k1))[0], a[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(model.norms[0].mean[...]), 0.0)
+    assert not np.allclose(np.asarray(fn(model, {"image": np.rot90(x, axes=(1, 2)).copy()}, k1)), a, atol=1e-4)
+
+
+def SimpleCfg(cfg, **model):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data=cfg.data, model=cfg.model.model_copy(update=model))

@@ -125,6 +125,13 @@ def test_cli_train_evaluate_predict(tmp_path):
     assert 0 < saved["sigma_nmad"] < 0.1  # 30 steps already beat predicting the mean (~0.06)
     for fig in saved["figures"].values():
         assert (run_dir / "eval" / "test" / fig.split("/")[-1]).stat().st_size > 1000
+    # intervals recalibrated on val (sigma scaling), applied to the test report and kept for predict
+    record = json.loads((run_dir / "calibration.json").read_text())
+    assert record["method"] == "sigma_scale" and record["checkpoint_step"] == saved["checkpoint_step"]
+    assert record["val_after"]["pit_cvm"] <= record["val_before"]["pit_cvm"]
+    assert saved["calibration"]["sigma_scale"] == record["sigma_scale"] != 1.0
+    assert saved["coverage_68"] == pytest.approx(saved["calibration"]["after"]["coverage_68"])
+    assert "deterministic + sigma scaling" in saved["uncertainty"]["methods"]
 
     # magnitudes with mag_u / magerr_u names and an objid column
     raw = phot.load_bundled()

@@ -407,3 +407,24 @@ def test_cli_train_evaluate_predict(tmp_path):
         assert r["predicted_class"] == "OBAFGKM"[int(np.argmax(probs))]
         assert re.fullmatch(r"[OBAFGKM]\d\.\d", r["spectral_type"]) and r["spectral_type"][0] == r["predicted_class"]
         assert np.isfinite(float(r["type_scale"]))
+
+
+def test_mc_dropout_on_the_batchnorm_models():
+    """Both spectra models: mc_dropout=True draws masks from the key on BatchNorm's running
+    averages (a row ignores its batch, the statistics stay put); without it, no dropout."""
+    from astroflax.models.spectra import SpectrumMLP
+
+    x = 1.0 + 0.1 * jax.random.normal(jax.random.key(0), (8, 64))
+    for model in (SpectrumCNN(64, 7, channels=(4, 4), hidden=16, dropout=0.5, rngs=nnx.Rngs(0)),
+                  SpectrumMLP(64, 7, (16, 16), 0.5, rngs=nnx.Rngs(0))):
+        det = np.asarray(model(x)[0])
+        a = np.asarray(model(x, rng=jax.random.key(1), mc_dropout=True)[0])
+        b = np.asarray(model(x, rng=jax.random.key(2), mc_dropout=True)[0])
+        assert not np.allclose(a, det, atol=1e-4) and not np.allclose(a, b, atol=1e-4)
+        np.testing.assert_array_equal(np.asarray(model(x, rng=jax.random.key(1), mc_dropout=True)[0]), a)
+        np.testing.assert_array_equal(np.asarray(model(x, rng=jax.random.key(1))[0]), det)  # a key alone: no dropout
+        y = x.at[1:].set(5.0)
+        np.testing.assert_allclose(np.asarray(model(y, rng=jax.random.key(1), mc_dropout=True)[0])[0], a[0], atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(model.norms[0].mean[...]), 0.0)
+        with pytest.raises(ValueError, match="rng"):
+            model(x, mc_dropout=True)

@@ -39,7 +39,7 @@ def calibration_table(before: dict, after: dict, title: str) -> Table:
     table = Table(title=title, header_style="bold")
     for col in ("metric", "before", "after"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for key in ("accuracy", "log_loss", "flat_weighted_log_loss", "ece"):
+    for key in ("accuracy", "log_loss", "flat_weighted_log_loss", "ece", "coverage_68", "coverage_95", "pit_cvm", "pit_ks", "nll", "crps"):
         if key in before:
             table.add_row(key, _metric(before.get(key)), _metric(after.get(key)))
     return table
@@ -123,8 +123,9 @@ def evaluate(
 
 # ----------------------------------------------------------------------- calibrate
 
-_METHOD_HELP = ("temperature (keeps predicted classes) or prior_temperature (first undo the loss's class "
-                "weighting: calibrated to training-set class frequencies; changes predicted classes)")
+_METHOD_HELP = ("classifiers: temperature (keeps predicted classes) or prior_temperature (first undo the loss's "
+                "class weighting: calibrated to training-set class frequencies; changes predicted classes); "
+                "Gaussian-mixture regressors (photoz): sigma_scale, chosen for them whatever is given")
 
 
 def calibrate(
@@ -132,21 +133,24 @@ def calibrate(
     checkpoint: Checkpoint = "best",
     method: Annotated[str, typer.Option("--method", help=_METHOD_HELP)] = "temperature",
 ) -> None:
-    """Fit temperature scaling on the validation split; saves RUN_DIR/calibration.json for that checkpoint."""
+    """Fit temperature scaling (classifiers) or sigma scaling (mixture regressors) on the validation
+    split; saves RUN_DIR/calibration.json for that checkpoint."""
     from astroflax.ensembles import open_run
-    from astroflax.evaluate.calibration import METHODS, calibrate_run, save_calibration
+    from astroflax.evaluate.calibration import METHODS, REGRESSION_METHODS, calibrate_run, save_calibration
 
-    if method not in METHODS:
-        raise AstroflaxError(f"--method {method!r}: choose from {', '.join(METHODS)}")
+    if method not in METHODS + REGRESSION_METHODS:
+        raise AstroflaxError(f"--method {method!r}: choose from {', '.join(METHODS + REGRESSION_METHODS)}")
     run = open_run(run_dir, checkpoint)
+    if run.task.is_classifier and method not in METHODS:
+        raise AstroflaxError(f"--method {method!r}: task {run.task.name!r} is a classifier; choose from {', '.join(METHODS)}")
     record = calibrate_run(run, method=method)
     if record is None:
-        raise AstroflaxError(f"{run_dir}: task {run.task.name!r} does not output class probabilities; "
-                             "temperature scaling applies to classifiers only")
+        raise AstroflaxError(f"{run_dir}: task {run.task.name!r} outputs neither class probabilities nor a Gaussian "
+                             "mixture (or its validation split has no labels); nothing to calibrate")
     record["path"] = str(save_calibration(run.run_dir, record))
+    fitted = (f"s = {record['sigma_scale']:.4g}" if "sigma_scale" in record else f"T = {record['temperature']:.4g}")
     out.print(calibration_table(record["val_before"], record["val_after"],
-                                f"{record['method']}: T = {record['temperature']:.4g} on val, "
-                                f"checkpoint {record['checkpoint_step']}"))
+                                f"{record['method']}: {fitted} on val, checkpoint {record['checkpoint_step']}"))
     out.print(f"Wrote {record['path']}")
     out.print(f"Wrote {write_run_report(run.run_dir)}")
 
@@ -265,7 +269,7 @@ def predict(
     written with flag = 1 and the reason in 'problem' (or stop the run: --bad-rows error), and
     nothing appears under OUTPUT until the last chunk is done (an interrupted run continues with
     --resume). Folders of spectra or images are read in batches of files.
-    Classifier probabilities are temperature-scaled when the run's calibration.json matches the checkpoint.
+    Classifier probabilities are temperature-scaled (mixture sigmas scaled) when the run's calibration.json matches the checkpoint.
     """
     if not input.exists():
         raise AstroflaxError(f"--input {input}: no such file or directory")

@@ -12,6 +12,15 @@ fitted for; ``evaluate`` and ``predict`` apply it only to that same checkpoint.
 Temperature scaling cannot fix miscalibration that comes from a class-weighted loss (e.g.
 ``class_weighting: balanced``, which shifts probability towards rare classes): method
 ``prior_temperature`` first undoes the weighting (logit offsets ``-log w_c``), then fits ``T``.
+
+Regressors with a Gaussian-mixture output (photoz) get the analogue for intervals, method
+``sigma_scale``: every component sigma is multiplied by one ``s > 0`` fitted on validation so
+that the PITs ``F(y)`` are as close to uniform as they can be (Cramer-von Mises distance). A
+uniform PIT means every central interval covers its nominal fraction, so one fit serves 68 %
+and 95 % alike; the means, hence sigma_NMAD and the outlier rate, are unchanged, and the output
+stays a mixture, so ``predict``, exports and ensembles need nothing new. A full PIT remapping
+(Kuleshov et al. 2018) would fix shape errors a scale cannot, but its output is no longer a
+mixture; on the bundled SDSS data the scale brought test coverage to nominal (README).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from scipy import optimize, special
 from astroflax.data.store import load_dataset
 from astroflax.errors import ConfigError
 from astroflax.evaluate import classification as clf
+from astroflax.evaluate import regression as reg
 
 CALIBRATION_FILE = "calibration.json"
 N_BINS = 15
@@ -113,9 +123,101 @@ def is_probability_output(outputs: Any, info: dict[str, Any]) -> bool:
     return class_probs(outputs, info) is not None
 
 
+# -------------------------------------------------------------- regression: sigma scaling
+
+LOG_S_BOUNDS = (-2.3, 2.3)  # s in [0.1, 10]
+
+
+def _mixture(outputs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[weights | means | sigmas]`` packed ``(N, 3K)`` -> three ``(N, K)`` float64 arrays."""
+    out = np.asarray(outputs, np.float64)
+    k = out.shape[1] // 3 if out.ndim == 2 else 0
+    if k < 1 or out.shape[1] != 3 * k:
+        raise ValueError(f"expected (N, 3K) packed mixture outputs, got shape {out.shape}")
+    return out[:, :k], out[:, k:2 * k], np.maximum(out[:, 2 * k:], 1e-12)
+
+
+def scale_sigmas(outputs: Any, scale: float) -> np.ndarray:
+    """The packed mixture with every sigma multiplied by ``scale`` (same dtype)."""
+    out = np.array(outputs, copy=True)
+    k = out.shape[1] // 3
+    out[:, 2 * k:] = out[:, 2 * k:] * scale
+    return out
+
+
+def pit_distance(pit: Any) -> float:
+    """Cramer-von Mises distance of the PITs from U(0, 1): ``1/(12n) + sum((2i-1)/(2n) - u_(i))^2``, over n."""
+    u = np.sort(np.asarray(pit, np.float64))
+    n = u.size
+    return float((1 / (12 * n) + np.sum(((2 * np.arange(1, n + 1) - 1) / (2 * n) - u) ** 2)) / n)
+
+
+def fit_sigma_scale(outputs: Any, y: Any) -> float:
+    """The ``s`` whose scaled mixture has the most uniform validation PIT; never worse than ``s = 1``.
+
+    The distance is not convex in ``s`` in general: a grid over ``log s`` picks the basin and a
+    bounded Brent search refines it.
+    """
+    w, m, sd = _mixture(outputs)
+    y = np.asarray(y, np.float64)
+    if y.shape != (w.shape[0],) or y.size == 0:
+        raise ValueError(f"need outputs (N, 3K) and targets (N,), got {np.shape(outputs)} and {y.shape}")
+
+    def distance(log_s: float) -> float:
+        return pit_distance(reg.pit_values(y, w, m, sd * math.exp(log_s)))
+
+    grid = np.linspace(*LOG_S_BOUNDS, 47)
+    values = [distance(g) for g in grid]
+    i = int(np.argmin(values))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    res = optimize.minimize_scalar(distance, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    best = float(res.x) if res.fun <= values[i] else float(grid[i])
+    return math.exp(best) if distance(best) <= distance(0.0) else 1.0
+
+
+def interval_metrics(outputs: Any, y: Any) -> dict[str, float]:
+    """What ``sigma_scale`` is judged by: coverage at 68 / 95 %, the PIT's distance from uniform
+    (what the fit minimises, and KS), NLL and CRPS."""
+    w, m, s = _mixture(outputs)
+    out = reg.regression_metrics(y, w, m, s, redshift=False)
+    return {"pit_cvm": pit_distance(reg.pit_values(y, w, m, s)),
+            **{k: float(out[k]) for k in ("coverage_68", "coverage_95", "pit_ks", "nll", "crps", "median_sigma")}}
+
+
+def fit_regression_calibration(raw_val: np.ndarray, val_y: np.ndarray, step: Any, weights: str = "raw",
+                               method: str = "sigma_scale") -> dict[str, Any]:
+    """Fit ``sigma_scale`` on validation outputs; returns the record saved as ``calibration.json``."""
+    if method not in REGRESSION_METHODS:
+        raise ConfigError(f"calibration method {method!r} for a regressor: choose from {', '.join(REGRESSION_METHODS)}")
+    scale = fit_sigma_scale(raw_val, val_y)
+    record = {
+        "method": method,
+        "sigma_scale": scale,
+        "checkpoint_step": step,
+        "weights": weights,
+        "fitted_on": "val",
+        "n": int(len(val_y)),
+        "val_before": interval_metrics(raw_val, val_y),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    record["val_after"] = interval_metrics(scale_sigmas(raw_val, scale), val_y)
+    return record
+
+
 # ------------------------------------------------------------------------ runs and files
 
 METHODS = ("temperature", "prior_temperature")
+REGRESSION_METHODS = ("sigma_scale",)
+
+
+def applies_to(task: Any) -> bool:
+    """Whether a task's outputs can be calibrated here: class probabilities or a Gaussian mixture."""
+    return bool(task.is_classifier) or (task.kind == "regressor" and task.distribution == "gaussian_mixture")
+
+
+def target_name(task: Any, info: dict[str, Any]) -> str:
+    """The array a calibration is fitted against: ``label``, or a regressor's target."""
+    return "label" if task.is_classifier else info.get("target", "y")
 
 
 def prior_offset(class_weights: Any) -> np.ndarray:
@@ -133,6 +235,8 @@ def apply_calibration(outputs: Any, record: dict[str, Any]) -> np.ndarray:
 
     Columns after the record's ``num_classes`` (other predictions, e.g. a regression) are kept.
     """
+    if record.get("method") in REGRESSION_METHODS:
+        return scale_sigmas(outputs, float(record["sigma_scale"]))
     out = np.asarray(outputs)
     k = int(record.get("num_classes") or out.shape[1])
     logits = probs_to_logits(out[:, :k])
@@ -197,8 +301,8 @@ def load_calibration(run_dir: str | Path) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(path.read_text())
-        t = float(record["temperature"])
-    except (ValueError, KeyError, TypeError):
+        t = float(record["sigma_scale" if record.get("method") in REGRESSION_METHODS else "temperature"])
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return record if math.isfinite(t) and t > 0 else None
 
@@ -218,6 +322,8 @@ def calibration_for(run_dir: str | Path, step: Any, weights: str = "raw") -> tup
 
 
 def describe(record: dict[str, Any], step: Any) -> str:
+    if record.get("method") in REGRESSION_METHODS:
+        return (f"sigma scaling s = {float(record['sigma_scale']):.4g} (fitted on the val PIT for checkpoint {step})")
     prior = " after undoing the class weighting" if record.get("method") == "prior_temperature" else ""
     return f"temperature scaling T = {float(record['temperature']):.4g}{prior} (fitted on val for checkpoint {step})"
 
@@ -225,25 +331,32 @@ def describe(record: dict[str, Any], step: Any) -> str:
 def temperature_for(run_dir: str | Path, step: Any, weights: str = "raw") -> tuple[float | None, str]:
     """The saved ``T`` if fitted for checkpoint ``step`` (and ``weights``), plus a one-line note."""
     record, note = calibration_for(run_dir, step, weights)
+    if record is not None and "temperature" not in record:
+        return None, note
     return (None if record is None else float(record["temperature"])), note
 
 
 def calibrate_run(run: Any, dataset: Any = None, val_probs: np.ndarray | None = None,
                   weights: str = "raw", method: str = "temperature") -> dict[str, Any] | None:
-    """Fit a calibration for a loaded classifier run (or ensemble) on its validation split.
+    """Fit a calibration for a loaded run (or ensemble) on its validation split.
 
     ``run`` needs ``task``, ``cfg``, ``info``, ``step``, ``run_dir`` and ``predict(arrays)``.
-    Returns the record (save it with :func:`save_calibration`), or None when the task is not a
-    classifier or the validation split has no labels.
+    Classifiers get ``method`` (temperature scaling), Gaussian-mixture regressors ``sigma_scale``.
+    Returns the record (save it with :func:`save_calibration`), or None when neither applies or
+    the validation split has no labels / targets.
     """
-    if not run.task.is_classifier:
+    if not applies_to(run.task):
         return None
     if dataset is None:
         dataset = load_dataset(run.cfg)
     val = dataset.split("val")
-    if "label" not in val or len(val["label"]) == 0:
+    target = target_name(run.task, run.info)
+    if target not in val or len(val[target]) == 0:
         return None
     if val_probs is None:
         val_probs = run.predict(val)
+    if not run.task.is_classifier:
+        method = method if method in REGRESSION_METHODS else "sigma_scale"
+        return fit_regression_calibration(val_probs, val[target], run.step, weights, method)
     val_probs = run.task.class_probs(val_probs, run.info)
     return fit_calibration(val_probs, val["label"], run.step, weights, method, run.info.get("class_weights"))

@@ -41,7 +41,8 @@ def evaluate_run(
     An ensemble's members are combined as the task's kind says. A classifier's probabilities
     are calibrated with the run's ``calibration.json`` when it was fitted for this checkpoint;
     otherwise temperature scaling is fitted on the validation split first (to be saved when the
-    run has none yet or the best checkpoint's raw weights are evaluated).
+    run has none yet or the best checkpoint's raw weights are evaluated). A Gaussian-mixture
+    regressor's sigmas are scaled the same way (``sigma_scale``).
     """
     from astroflax.ensembles import EnsembleRun
     from astroflax.evaluate import calibration as cal
@@ -67,7 +68,7 @@ def evaluate_run(
 
     outputs, to_save, calibration = raw, None, None
     out_dir = run.run_dir / "eval" / split
-    if calibrate and "label" in arrays and task.is_classifier:
+    if calibrate and cal.applies_to(task) and cal.target_name(task, info) in arrays:
         record, note = cal.calibration_for(run.run_dir, run.step, weights)
         if record is None:
             previous = cal.load_calibration(run.run_dir)
@@ -78,7 +79,13 @@ def evaluate_run(
             if record is not None:
                 note = cal.describe(record, run.step) + (
                     "; saved" if save else "; for this evaluation only (calibration.json is for another checkpoint)")
-        if record is not None:  # None: the validation split has no labels
+        if record is not None and not task.is_classifier:  # sigma scaling of a mixture regressor
+            outputs = cal.apply_calibration(raw, record)
+            methods[f"{base_name} + sigma scaling"] = unc.judge(run, outputs, arrays)
+            y = arrays[cal.target_name(task, info)]
+            calibration = {"method": record["method"], "sigma_scale": record["sigma_scale"], "note": note,
+                           "before": cal.interval_metrics(raw, y), "after": cal.interval_metrics(outputs, y)}
+        elif record is not None:  # None: the validation split has no labels
             outputs = cal.apply_calibration(raw, record)
             method = record.get("method", "temperature")
             label = "temperature scaling" if method == "temperature" else "prior correction + temperature"
@@ -100,7 +107,9 @@ def evaluate_run(
         methods[f"MC-dropout ({mc_dropout} passes)"] = unc.judge(run, mc, arrays)
 
     report = task.report(outputs, arrays, info, out_dir, run)
-    if calibration is not None:
+    if calibration is not None and "figure_before" not in calibration:
+        report["calibration"] = calibration
+    elif calibration is not None:
         figures: dict[str, str] = {}
         for name, path in (report.get("figures") or {}).items():  # the uncalibrated diagram after the calibrated one
             figures[name] = path

@@ -132,17 +132,17 @@ def mc_dropout_predict(run: Any, arrays: dict, passes: int, seed: int = 0) -> np
 
 def predict_outputs(run: Any, arrays: dict, mc_dropout: int = 0, weights: str = "raw",
                     calibrate: bool = True) -> tuple[np.ndarray, str | None]:
-    """What ``predict`` writes: temperature-scaled probabilities when the run has a matching
-    ``calibration.json``, or the MC-dropout average (never rescaled: ``T`` was fitted for the
+    """What ``predict`` writes: temperature-scaled probabilities (or sigma-scaled mixtures) when
+    the run has a matching ``calibration.json``, or the MC-dropout average (never rescaled: ``T`` was fitted for the
     deterministic model). Returns the outputs and a one-line note for the user (or None).
     """
-    from astroflax.evaluate.calibration import apply_calibration, calibration_for
+    from astroflax.evaluate.calibration import applies_to, apply_calibration, calibration_for
 
     if mc_dropout:
         outputs = mc_dropout_predict(run, arrays, mc_dropout)
         return outputs, f"MC-dropout: average of {mc_dropout} stochastic passes (not temperature-scaled)"
     outputs = run.predict(arrays)
-    if not calibrate or not run.task.is_classifier:
+    if not calibrate or not applies_to(run.task):
         return outputs, None
     record, note = calibration_for(run.run_dir, run.step, weights)
     if record is not None:

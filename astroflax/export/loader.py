@@ -275,12 +275,20 @@ class ExportedModel:
         return result
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
-        """``softmax((log p + logit_offset) / T)``; identity when the export has no temperature.
+        """``softmax((log p + logit_offset) / T)``, or a mixture's sigmas times the stored sigma
+        scale; identity when the export has neither.
 
         Written out here rather than imported so that the loader needs nothing of astroflax.
         """
+        kind = self.manifest["output"].get("kind")
+        scale = self.manifest.get("preprocessing", {}).get("sigma_scale")
+        if kind == "gaussian_mixture" and scale:  # packed [weights | means | sigmas]: scale the sigmas
+            out = np.array(probs, copy=True)
+            k = out.shape[1] // 3
+            out[:, 2 * k:] = out[:, 2 * k:] * float(scale)
+            return out
         t = self.temperature
-        if t is None or self.manifest["output"].get("kind") != "probabilities":
+        if t is None or kind != "probabilities":
             return probs
         out = np.asarray(probs)
         k = len(self.class_names or []) or out.shape[1]  # later columns (e.g. a regression) pass through

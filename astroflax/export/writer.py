@@ -61,13 +61,16 @@ def used_inputs(fn, params, model_state, batch: dict[str, np.ndarray]) -> list[s
 
 
 def _calibration(run_dir: Path, step: int) -> dict[str, Any]:
-    """Temperature (and class-prior logit offset) of ``calibration.json`` if fitted for this checkpoint."""
+    """Temperature (and class-prior logit offset), or a mixture regressor's sigma scale, of
+    ``calibration.json`` if fitted for this checkpoint."""
     from astroflax.evaluate.calibration import calibration_for
 
     record, _ = calibration_for(run_dir, step, "raw")
     if record is None:
-        return {"temperature": None, "logit_offset": None}
-    return {"temperature": float(record["temperature"]), "logit_offset": record.get("logit_offset")}
+        return {"temperature": None, "logit_offset": None, "sigma_scale": None}
+    if "sigma_scale" in record:
+        return {"temperature": None, "logit_offset": None, "sigma_scale": float(record["sigma_scale"])}
+    return {"temperature": float(record["temperature"]), "logit_offset": record.get("logit_offset"), "sigma_scale": None}
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | int = "best") -> dict:
@@ -157,7 +160,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | int =
                 "dtype": str(exported.out_avals[0].dtype),
                 "shape": ["b", *(int(d) for d in out_shape[1:])],
                 # What the loader calibrates: the first len(class_names) columns of a classifier.
-                "kind": "probabilities" if run.task.is_classifier else "array",
+                # A Gaussian-mixture regressor's packed [weights | means | sigmas]: the sigmas are scaled.
+                "kind": "probabilities" if run.task.is_classifier else (
+                    "gaussian_mixture" if run.task.distribution == "gaussian_mixture" else "array"),
             },
             "declaration": {  # what the task says its outputs are (astroflax.tasks.base.Task)
                 "kind": run.task.kind,
@@ -193,8 +198,9 @@ def predict_rows(export_dir: str | Path, input_path: str | Path) -> tuple[list[d
 
     The task's ``load_inputs`` turns the user's files into preprocessed arrays using the
     constants stored in the manifest; the model itself runs through the standalone loader.
-    Probabilities are temperature-scaled when the export carries a temperature (it does only
-    if ``calibration.json`` was fitted for the exported checkpoint), as ``predict RUN_DIR`` does.
+    Probabilities are temperature-scaled when the export carries a temperature (mixture sigmas
+    scaled when it carries a sigma scale; either only if ``calibration.json`` was fitted for the
+    exported checkpoint), as ``predict RUN_DIR`` does.
     """
     from astroflax.config import finalize_config
     from astroflax.export.loader import ExportFormatError, ExportInputError, load_export
@@ -229,6 +235,9 @@ def predict_export_csv(
     write_predictions(output, rows)
     t = manifest.get("preprocessing", {}).get("temperature")
     note = f", temperature scaling T = {t:.4g}" if t and manifest["output"].get("kind") == "probabilities" else ""
+    s = manifest.get("preprocessing", {}).get("sigma_scale")
+    if s and manifest["output"].get("kind") == "gaussian_mixture":
+        note = f", sigma scaling s = {s:.4g}"
     return (
         f"Wrote {len(rows)} predictions to {output} (export of {manifest['task']} checkpoint step "
         f"{manifest['source']['checkpoint_step']}{note})"

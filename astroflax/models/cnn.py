@@ -71,11 +71,14 @@ class SmallCNN(nnx.Module):
                 x = max_pool_2x2(x)
         return x.mean(axis=(1, 2))
 
-    def __call__(self, x: jax.Array, train: bool = False, rng: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, rng: jax.Array | None = None,
+                 mc_dropout: bool = False) -> jax.Array:
+        """``mc_dropout=True``: dropout on, BatchNorm on its running averages (MC-dropout passes
+        that do not depend on the rest of the batch)."""
         h = self.features(x, train)
-        if train and self.dropout > 0 and rng is None:
-            raise ValueError("train=True with dropout requires an explicit `rng` key")
-        return self.head(dropout(self.drop, h, site_key(rng if train else None, 1)))
+        if (train or mc_dropout) and self.dropout > 0 and rng is None:
+            raise ValueError("train=True or mc_dropout=True with dropout requires an explicit `rng` key")
+        return self.head(dropout(self.drop, h, site_key(rng if train or mc_dropout else None, 1)))
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

@@ -11,7 +11,9 @@ well-conditioned (the kernel still learns shapes such as "a line of this width" 
 
 Both models end in two heads: class logits and a regression of the spectral-type scale
 ``class_index + subtype / 10`` (predicted as ``3.5 + 2 * raw``, i.e. roughly standardised).
-BatchNorm runs in batch-statistics mode when ``train=True`` and on running averages otherwise.
+BatchNorm runs in batch-statistics mode when ``train=True`` and on running averages otherwise;
+``mc_dropout=True`` turns dropout on with the running averages (MC-dropout: a pass does not
+depend on the rest of its batch).
 No RNG state is stored: dropout keys come from the explicit ``rng`` argument.
 
 Coverage mask: user spectra may cover only part of the grid, so a model built with
@@ -101,14 +103,14 @@ class SpectrumMLP(nnx.Module):
         self.heads = _Heads(sizes[-1], num_classes, rngs=rngs)
 
     def __call__(self, flux: jax.Array, *, train: bool = False, rng: jax.Array | None = None,
-                 mask: jax.Array | None = None):
-        if train and rng is None:
-            raise ValueError("train=True requires an explicit `rng` key for dropout")
+                 mask: jax.Array | None = None, mc_dropout: bool = False):
+        if (train or mc_dropout) and rng is None:
+            raise ValueError("train=True or mc_dropout=True requires an explicit `rng` key for dropout")
         x = _inputs(flux, mask, self.in_channels)
         x = x.reshape(x.shape[0], -1)  # pixel-major: (flux, mask) of pixel 0, then pixel 1, ...
         for i, (layer, norm) in enumerate(zip(self.layers, self.norms)):
             x = jax.nn.gelu(norm(layer(x), use_running_average=not train))
-            x = dropout(self.drop, x, site_key(rng if train else None, i))
+            x = dropout(self.drop, x, site_key(rng if train or mc_dropout else None, i))
         return self.heads(x)
 
 
@@ -145,9 +147,9 @@ class SpectrumCNN(nnx.Module):
         self.heads = _Heads(int(hidden), num_classes, rngs=rngs)
 
     def __call__(self, flux: jax.Array, *, train: bool = False, rng: jax.Array | None = None,
-                 mask: jax.Array | None = None):
-        if train and rng is None:
-            raise ValueError("train=True requires an explicit `rng` key for dropout")
+                 mask: jax.Array | None = None, mc_dropout: bool = False):
+        if (train or mc_dropout) and rng is None:
+            raise ValueError("train=True or mc_dropout=True requires an explicit `rng` key for dropout")
         x = _inputs(flux, mask, self.in_channels)
         for conv, norm in zip(self.convs, self.norms):
             x = jax.nn.gelu(norm(conv(x), use_running_average=not train))
@@ -155,5 +157,5 @@ class SpectrumCNN(nnx.Module):
             x = jnp.max(x.reshape(b, p // 2, 2, c), axis=2)
         x = x.reshape(x.shape[0], -1)
         x = jax.nn.gelu(self.fc_norm(self.fc(x), use_running_average=not train))
-        x = dropout(self.drop, x, site_key(rng if train else None, 0))
+        x = dropout(self.drop, x, site_key(rng if train or mc_dropout else None, 0))
         return self.heads(x)

@@ -30,6 +30,8 @@ _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".j
 _SKIP_HEADLINE = {"json_path", "task_kind", "declared_targets", "task", "split", "checkpoint_step", "figures", "per_class", "auc_ovr",
                   "confusion_matrix", "class_names", "calibration", "uncertainty"}
 _PREFERRED = ["accuracy", "log_loss", "flat_weighted_log_loss", "ece", "loss"]
+# What a regressor's sigma scaling is judged by (astroflax.evaluate.calibration.interval_metrics).
+_INTERVALS = ["coverage_68", "coverage_95", "pit_cvm", "pit_ks", "nll", "crps", "median_sigma"]
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -224,7 +226,7 @@ def _training_section(run_dir: Path, members: dict[str, Path], out_dir: Path) ->
 
 
 def _calibration_table(before: dict, after: dict) -> str:
-    keys = [k for k in _PREFERRED if k in before or k in after]
+    keys = [k for k in _PREFERRED + _INTERVALS if k in before or k in after]
     return table(["metric", "before", "after"], [[k, before.get(k), after.get(k)] for k in keys])
 
 
@@ -233,7 +235,13 @@ def _calibration_section(run_dir: Path, evals: list[tuple[str, dict]]) -> str:
 
     rec = load_calibration(run_dir)
     parts = []
-    if rec:
+    if rec and "sigma_scale" in rec:
+        parts.append(
+            f"<p>Sigma scaling: every mixture sigma times <b>s = {esc(fmt(rec.get('sigma_scale')))}</b>, fitted on the "
+            f"{esc(rec.get('fitted_on', 'val'))} split ({esc(fmt(rec.get('n')))} examples) for checkpoint "
+            f"{esc(rec.get('checkpoint_step'))} so that its PIT is closest to uniform; the means are unchanged.</p>")
+        parts.append("<h3>Validation split (fit)</h3>" + _calibration_table(rec.get("val_before", {}), rec.get("val_after", {})))
+    elif rec:
         parts.append(
             f"<p>{'Class-prior correction then temperature scaling' if rec.get('method') == 'prior_temperature' else 'Temperature scaling'}: "
             f"<b>T = {esc(fmt(rec.get('temperature')))}</b>, fitted on the "
@@ -247,8 +255,9 @@ def _calibration_section(run_dir: Path, evals: list[tuple[str, dict]]) -> str:
             parts.append(f"<h3>{esc(split)} split</h3>" + _calibration_table(c["before"], c.get("after", {})))
             if c.get("note"):
                 parts.append(f'<p class="note">{esc(c["note"])}</p>')
-    return "".join(parts) or ('<p class="note">no calibration: temperature scaling applies to classifiers (evaluate the run to fit it); '
-                               'for regression, see the PIT histogram and coverage plot of the evaluation</p>')
+    return "".join(parts) or ('<p class="note">no calibration: temperature scaling applies to classifiers and sigma '
+                               'scaling to Gaussian-mixture regressors (evaluate the run to fit it); otherwise see the '
+                               'PIT histogram and coverage plot of the evaluation</p>')
 
 
 def _uncertainty_section(evals: list[tuple[str, dict]]) -> str:
@@ -345,11 +354,17 @@ def _summary_section(run_dir: Path, evals: list[tuple[str, dict]]) -> str:
                      f"<tbody>{''.join(rows)}</tbody></table>")
     rec = load_calibration(run_dir)
     cal = (rep or {}).get("calibration")
-    if isinstance(cal, dict) and "before" in cal:
+    if isinstance(cal, dict) and "before" in cal and "sigma_scale" in cal:
+        b, a = cal["before"], cal.get("after") or {}
+        parts.append(f"<p>calibration: sigma scale s = {esc(fmt(cal.get('sigma_scale')))}; {esc(split)} 68 % / 95 % coverage "
+                     f"{esc(fmt(b.get('coverage_68')))} / {esc(fmt(b.get('coverage_95')))} → "
+                     f"{esc(fmt(a.get('coverage_68')))} / {esc(fmt(a.get('coverage_95')))}</p>")
+    elif isinstance(cal, dict) and "before" in cal:
         parts.append(f"<p>calibration: T = {esc(fmt(cal.get('temperature')))}; {esc(split)} ECE "
                      f"{esc(fmt(cal['before'].get('ece')))} → {esc(fmt((cal.get('after') or {}).get('ece')))}</p>")
     elif rec:
-        parts.append(f"<p>calibration: T = {esc(fmt(rec.get('temperature')))} for checkpoint {esc(rec.get('checkpoint_step'))}</p>")
+        what = f"s = {fmt(rec['sigma_scale'])}" if "sigma_scale" in rec else f"T = {fmt(rec.get('temperature'))}"
+        parts.append(f"<p>calibration: {esc(what)} for checkpoint {esc(rec.get('checkpoint_step'))}</p>")
     elif (rep or {}).get("task_kind") == "classifier":
         parts.append('<p class="note">calibration: not fitted yet</p>')
     saved = load_checklist(run_dir)

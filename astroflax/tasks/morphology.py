@@ -203,6 +203,13 @@ def make_logits_fn(cfg, info: dict):
     return logits
 
 
+def make_predict_stochastic_fn(cfg, info: dict):
+    """MC-dropout passes: the head's dropout on, BatchNorm on its running averages, no augmentation."""
+    if cfg.model.dropout <= 0:
+        return None
+    return lambda model, batch, rng: jax.nn.softmax(model(batch["image"], rng=rng, mc_dropout=True), axis=-1)
+
+
 def make_loss_fn(cfg, info: dict):
     """Cross-entropy against the normalised vote fractions (``soft_label``) when the data have
     them, else the usual weighted cross-entropy on the hard label; accuracy uses the hard label."""
@@ -354,7 +361,7 @@ TASK = classification_task(
     load_data=load_data,
     build_model=build_model,
     make_logits_fn=make_logits_fn,
-    stochastic=False,  # BatchNorm: no MC-dropout
+    make_predict_stochastic_fn=make_predict_stochastic_fn,  # MC-dropout with BatchNorm's running averages
     report=report,
     make_loss_fn=make_loss_fn,
     load_inputs=load_inputs,

@@ -265,6 +265,18 @@ def make_predict_fn(cfg, info: dict):
     return predict_fn
 
 
+def make_predict_stochastic_fn(cfg, info: dict):
+    """MC-dropout passes of :func:`make_predict_fn`: dropout on, BatchNorm on its running averages."""
+    if cfg.model.dropout <= 0:
+        return None
+
+    def predict_fn(model, batch, rng) -> jax.Array:
+        logits, scale = model(batch["flux"], rng=rng, mask=batch.get("mask"), mc_dropout=True)
+        return jnp.concatenate([jax.nn.softmax(logits, axis=-1), scale[:, None]], axis=-1)
+
+    return predict_fn
+
+
 def _split_outputs(outputs: np.ndarray, info: dict) -> tuple[np.ndarray, np.ndarray]:
     k = info["num_classes"]
     probs = np.clip(np.asarray(outputs[:, :k], np.float64), 0.0, None)
@@ -444,7 +456,7 @@ TASK = classification_task(
     build_model=build_model,
     make_logits_fn=lambda cfg, info: lambda model, batch, train, rng: forward(model, batch, train, rng)[0],
     extra_columns=lambda cfg, info: ["type_scale"],
-    stochastic=False,  # BatchNorm: no MC-dropout
+    make_predict_stochastic_fn=make_predict_stochastic_fn,  # MC-dropout with BatchNorm's running averages
     make_loss_fn=make_loss_fn,
     make_predict_fn=make_predict_fn,
     make_score_fn=make_score_fn,

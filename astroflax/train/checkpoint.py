@@ -240,6 +240,14 @@ def _key_name(k: Any) -> str:
     return str(k)
 
 
+@jax.jit
+def _nonfinite_counts(leaves: list[jax.Array]) -> list[jax.Array]:
+    """One compiled computation for the whole tree. Eager ops compiled one small program per
+    leaf shape: about 50 compiles (or cache lookups) per run, 2.5 s of a 12-step tiny
+    ``variables`` run (measured with cProfile); it works on sharded arrays as eager ops did."""
+    return [(~jax.numpy.isfinite(leaf)).sum() for leaf in leaves]
+
+
 def nonfinite_leaves(tree: Any) -> list[tuple[str, int, int]]:
     """(path, non-finite count, size) of every floating leaf holding NaN or Inf."""
     leaves = [
@@ -248,7 +256,7 @@ def nonfinite_leaves(tree: Any) -> list[tuple[str, int, int]]:
     ]
     if not leaves:
         return []
-    counts = jax.device_get([(~jax.numpy.isfinite(leaf)).sum() for _, leaf in leaves])
+    counts = jax.device_get(_nonfinite_counts([leaf for _, leaf in leaves]))
     return [
         ("/".join(_key_name(k) for k in path), int(n), int(np.size(leaf)))
         for (path, leaf), n in zip(leaves, counts) if int(n)

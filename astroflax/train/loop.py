@@ -38,7 +38,7 @@ from astroflax.train.components import Components, build_components
 from astroflax.train.hooks import Hooks
 from astroflax.train.metrics_log import MetricsWriter
 from astroflax.train.policies import EarlyStopping, SavePolicy, require_metric
-from astroflax.train.precision import all_finite
+from astroflax.train.precision import all_finite_jit
 from astroflax.train.predict import predict_arrays
 from astroflax.train.progress import TrainProgress
 from astroflax.train.sharding import param_sharding, place_like, process_rows, replicate, shard_batch
@@ -272,7 +272,7 @@ class _Run:
 
     def save(self, step: int, val_metrics: dict | None) -> None:
         """Start an async checkpoint of everything that decides the next step (never non-finite)."""
-        if not bool(jax.device_get(all_finite(self.state.params))):  # the step's guard makes this rare
+        if not bool(jax.device_get(all_finite_jit(self.state.params))):  # the step's guard makes this rare
             self.diverged(step, "the parameters are not finite")
         metric = self.cfg.checkpoint.metric
         value = (val_metrics or {}).get(metric)

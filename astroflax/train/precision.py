@@ -57,6 +57,11 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+# For callers outside jit (the loop's pre-save check): one compiled program for the whole tree,
+# not one eager op per leaf shape (see astroflax.train.checkpoint._nonfinite_counts).
+all_finite_jit = jax.jit(all_finite)
+
+
 def dynamic_loss_scale(inner: optax.GradientTransformation, cfg: LossScaleConfig) -> optax.GradientTransformation:
     """Takes gradients of ``loss * scale``: unscales them; on a non-finite gradient skips the
     update (zero updates, inner state unchanged) and divides the scale by ``factor``; after
