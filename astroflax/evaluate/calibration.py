@@ -20,7 +20,10 @@ uniform PIT means every central interval covers its nominal fraction, so one fit
 and 95 % alike; the means, hence sigma_NMAD and the outlier rate, are unchanged, and the output
 stays a mixture, so ``predict``, exports and ensembles need nothing new. A full PIT remapping
 (Kuleshov et al. 2018) would fix shape errors a scale cannot, but its output is no longer a
-mixture; on the bundled SDSS data the scale brought test coverage to nominal (README).
+mixture. Measured on the bundled SDSS data (photoz quick, README): s = 1.064 took test
+coverage from 0.672 / 0.946 to 0.699 / 0.957 and the test PIT KS from 0.021 to 0.016, both
+within 0.02 of nominal before and after; the 68 % figure moved away from 0.68 while the PIT as
+a whole got closer to uniform. A 1,000-galaxy validation split limits how well ``s`` is known.
 """
 
 from __future__ import annotations
