@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from pathlib import Path
 
 import numpy as np
 import scipy.fft
 
+from astroflax.data import spectra_effects as fx
 from astroflax.data.cache import content_hash
 
 FILES = Path(__file__).parent / "files"
@@ -35,7 +37,7 @@ __all__ = [
     "Templates",
     "load_templates",
     "model_grid",
-    "ccm89_extinction",
+    "extinction_factor",
     "normalise_continuum",
     "simulate",
     "sample_mixtures",
@@ -110,33 +112,35 @@ def spectral_type(scale: float, class_index: int | None = None) -> str:
 # ----------------------------------------------------------------------------- physics
 
 
-def ccm89_extinction(wavelength: np.ndarray, r_v: float = R_V) -> np.ndarray:
-    """A(lambda) / A(V) of Cardelli, Clayton & Mathis (1989, ApJ 345, 245), eqs. 2-3.
-
-    Implemented for the infrared (0.3 <= x < 1.1 per micron) and optical/NIR (1.1 <= x <= 3.3)
-    pieces, x = 1 / lambda[micron], i.e. 3030-33000 A; outside that range a DataError-free
-    extrapolation of the nearest piece is used. A(lambda) = E(B-V) * R_V * (a + b / R_V).
-    """
-    x = 1.0e4 / np.asarray(wavelength, dtype=np.float64)
-    a = np.empty_like(x)
-    b = np.empty_like(x)
-    ir = x < 1.1
-    a[ir] = 0.574 * x[ir] ** 1.61
-    b[ir] = -0.527 * x[ir] ** 1.61
-    y = x[~ir] - 1.82
-    a[~ir] = np.polyval([0.32999, -0.77530, 0.01979, 0.72085, -0.02427, -0.50447, 0.17699, 1.0], y)
-    b[~ir] = np.polyval([-2.09002, 5.30260, -0.62251, -5.38434, 1.07233, 2.28305, 1.41338, 0.0], y)
-    return a + b / r_v
+def extinction_factor(grid: np.ndarray, ebv: np.ndarray, r_v: np.ndarray | float = R_V) -> np.ndarray:
+    """``10^(-0.4 A(lambda))`` ``(N, P)`` for E(B-V) ``ebv`` and R_V ``r_v`` (Fitzpatrick 1999 via
+    ``dust_extinction``; A(lambda) = E(B-V) R_V k(lambda; R_V))."""
+    ebv = np.atleast_1d(np.asarray(ebv, np.float64))
+    r_v = np.broadcast_to(np.asarray(r_v, np.float64), ebv.shape)
+    k = fx.extinction_curves(grid, r_v)
+    return np.exp(-0.4 * np.log(10.0) * (ebv * r_v)[:, None] * k).astype(np.float32)
 
 
-def normalise_continuum(flux: np.ndarray, wavelength: np.ndarray, method: str = "median") -> np.ndarray:
+def normalise_continuum(flux: np.ndarray, wavelength: np.ndarray, method: str = "median",
+                        mask: np.ndarray | None = None) -> np.ndarray:
     """Remove the flux scale (``median``: divide by the median) or the continuum shape too.
+
+    ``mask`` (1 = covered): uncovered pixels are filled with the median of the covered ones
+    before normalising and set to 1 (the continuum level) after, the convention the model's
+    coverage channel is trained with, for simulated and user spectra alike.
 
     ``poly``: divide by a cubic in log-wavelength fitted to the upper envelope (three passes,
     each dropping pixels more than 1 sigma below the fit, i.e. absorption lines), vectorised over
     rows. ``median`` keeps the colour (temperature) information; ``poly`` keeps only lines.
     """
     flux = np.asarray(flux, dtype=np.float32)
+    if mask is not None:
+        covered = np.asarray(mask) > 0
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row with no covered pixel stays NaN
+            med_cov = np.nanmedian(np.where(covered, flux, np.nan), axis=-1, keepdims=True)
+        out = normalise_continuum(np.where(covered, flux, med_cov), wavelength, method)
+        return np.where(covered, out, 1.0).astype(np.float32)
     med = np.median(flux, axis=-1, keepdims=True)
     med = np.where(np.abs(med) > 0, med, 1.0)
     if method == "median":
@@ -171,6 +175,7 @@ def simulate(
     rng: np.random.Generator | None,
     normalise: str | None = "median",
     chunk: int = 1024,
+    effects: fx.Effects | None = None,
 ) -> np.ndarray:
     """Observed spectra ``(N, len(grid))`` float32, one per entry of the parameter arrays.
 
@@ -178,10 +183,15 @@ def simulate(
     convolve with a Gaussian LSF of FWHM lambda/R times a box of one model pixel (pixel
     integration), both as one transfer function in Fourier space (edge-padded, so no wrap-around);
     Doppler shift by ``rv`` km/s (relativistic) while interpolating onto ``grid``; redden by
-    ``ebv`` with CCM89, R_V = 3.1, at the observed wavelength; add Gaussian noise whose
-    sigma follows photon statistics (sigma^2 ~ flux + 1% of the median) scaled so that
-    median(flux / sigma) = ``snr`` exactly (``snr`` <= 0 or ``rng`` None: no noise); finally
-    :func:`normalise_continuum` (``normalise`` None: skip).
+    ``ebv`` (F99 through ``dust_extinction``, R_V = 3.1 or the effects' R_V) at the observed
+    wavelength; add Gaussian noise whose sigma follows photon statistics (sigma^2 ~ flux + 1% of
+    the median) scaled so that median(flux / sigma) = ``snr`` exactly (``snr`` <= 0 or ``rng``
+    None: no noise); finally :func:`normalise_continuum` (``normalise`` None: skip).
+
+    ``effects`` (:mod:`astroflax.data.spectra_effects`) adds what a survey does on top: an LSF
+    whose R changes across the window, a wavelength-calibration error, telluric bands, a smooth
+    flux-calibration error (all before the noise), sky-line residuals (after it, in units of
+    the noise), and uncovered pixels (``effects.mask``; set to 1 after normalising).
     """
     if isinstance(templates, Templates):
         wave, tflux = templates.wavelength, templates.flux
@@ -190,48 +200,99 @@ def simulate(
     ln0 = np.log(wave[0])
     dln = (np.log(wave[-1]) - ln0) / (len(wave) - 1)
     grid = np.asarray(grid, dtype=np.float64)
+    n, p = len(idx_a), len(grid)
+    if effects is not None and (len(effects) != n or effects.mask.shape[1] != p):
+        raise ValueError(f"effects are for {len(effects)} spectra of {effects.mask.shape[1]} pixels, "
+                         f"not {n} of {p}")
     beta_max = float(np.max(np.abs(rv), initial=0.0)) / C_KMS
-    if grid[0] / (1 - beta_max) < wave[0] * (1 + beta_max) or grid[-1] * (1 + beta_max) > wave[-1] * (1 - beta_max):
+    shift_max = 0.0 if effects is None else float(np.max(np.abs(effects.wavecal).sum(axis=1), initial=0.0))
+    if ((grid[0] - shift_max) / (1 - beta_max) < wave[0] * (1 + beta_max)
+            or (grid[-1] + shift_max) * (1 + beta_max) > wave[-1] * (1 - beta_max)):
         raise ValueError(
             f"model grid {grid[0]:.0f}-{grid[-1]:.0f} A plus |RV| <= {beta_max * C_KMS:.0f} km/s "
-            f"exceeds the templates' {wave[0]:.0f}-{wave[-1]:.0f} A"
+            f"and wavelength errors <= {shift_max:.1f} A exceeds the templates' {wave[0]:.0f}-{wave[-1]:.0f} A"
         )
-    n = len(idx_a)
-    out = np.empty((n, len(grid)), np.float32)
+    out = np.empty((n, p), np.float32)
     pad = 96
     nfft = len(wave) + 2 * pad
     freq = np.fft.rfftfreq(nfft).astype(np.float32)  # cycles per working pixel
-    pix_model = np.log(grid[-1] / grid[0]) / (len(grid) - 1) / dln  # model pixel in working pixels
+    pix_model = np.log(grid[-1] / grid[0]) / (p - 1) / dln  # model pixel in working pixels
     box = np.sinc(freq * pix_model).astype(np.float32)
-    # 10^(-0.4 A) = exp(-0.4 ln10 E(B-V) R_V k(lambda))
-    red_curve = (-0.4 * np.log(10.0) * R_V * ccm89_extinction(grid)).astype(np.float32)
     grid_pos = ((np.log(grid) - ln0) / dln).astype(np.float32)  # grid in working pixels
+    # Where each working pixel lies across the window, 0 (blue end) to 1 (red end): the LSF blend.
+    blend = np.clip((np.log(wave) - np.log(grid[0])) / np.log(grid[-1] / grid[0]), 0.0, 1.0).astype(np.float32)
+    t_win = fx.legendre_t(p)
+    calib_basis = np.polynomial.legendre.legvander(t_win, 3)[:, 1:]  # (P, 3): degrees 1-3
+    tell = fx.telluric_log_transmission(grid).astype(np.float32)
+    pixel_aa = grid * np.log(grid[-1] / grid[0]) / (p - 1)  # pixel width in Angstrom
+
+    def smooth(spectra_fft: np.ndarray, sig: np.ndarray) -> np.ndarray:
+        arg = (np.pi * sig.astype(np.float32))[:, None] * freq[None, :]
+        return scipy.fft.irfft(spectra_fft * (np.exp(-2.0 * arg * arg) * box[None, :]), n=nfft, axis=1)[:, pad:-pad]
+
     for s in range(0, n, chunk):
         sl = slice(s, min(s + chunk, n))
+        eff = None if effects is None else effects.take(sl)
         w = np.asarray(weight[sl], np.float32)[:, None]
         f = (1.0 - w) * tflux[idx_a[sl]] + w * tflux[idx_b[sl]]
         # LSF: FWHM = lambda / R  ->  sigma in ln(lambda) = 1 / (2.3548 R), in working pixels / dln.
-        sigma = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)) * np.asarray(resolution[sl], np.float64)) / dln
-        arg = (np.pi * sigma.astype(np.float32))[:, None] * freq[None, :]
-        transfer = np.exp(-2.0 * arg * arg) * box[None, :]
-        fp = np.pad(f.astype(np.float32), ((0, 0), (pad, pad)), mode="edge")
-        f = scipy.fft.irfft(scipy.fft.rfft(fp, axis=1) * transfer, n=nfft, axis=1)[:, pad:-pad]
-        # Doppler: observed lambda on the grid came from rest lambda / (1 + z).
+        res = np.asarray(resolution[sl], np.float64)
+        sigma = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)) * res) / dln
+        fp = scipy.fft.rfft(np.pad(f.astype(np.float32), ((0, 0), (pad, pad)), mode="edge"), axis=1)
+        if eff is not None and np.any(eff.lsf_tilt != 0):
+            # R changes across the window: R_blue = R e^(-tilt/2), R_red = R e^(tilt/2), blended linearly.
+            half = 0.5 * eff.lsf_tilt
+            f = smooth(fp, sigma * np.exp(half)) * (1.0 - blend) + smooth(fp, sigma * np.exp(-half)) * blend
+        else:
+            f = smooth(fp, sigma)
+        # Doppler: observed lambda on the grid came from rest lambda / (1 + z); a wavelength-
+        # calibration error delta means the pixel labelled lambda saw lambda - delta.
         beta = np.asarray(rv[sl], np.float64) / C_KMS
         ln1z = 0.5 * np.log((1.0 + beta) / (1.0 - beta))
-        pos = grid_pos[None, :] - (ln1z / dln).astype(np.float32)[:, None]
+        if eff is not None and np.any(eff.wavecal != 0):
+            delta = eff.wavecal[:, :1] + eff.wavecal[:, 1:] * t_win[None, :]
+            pos = ((np.log(grid[None, :] - delta) - ln0) / dln - (ln1z / dln)[:, None]).astype(np.float32)
+        else:
+            pos = grid_pos[None, :] - (ln1z / dln).astype(np.float32)[:, None]
         i0 = np.clip(np.floor(pos).astype(np.int64), 0, len(wave) - 2)
         frac = (pos - i0).astype(np.float32)
         f = np.take_along_axis(f, i0, 1) * (1.0 - frac) + np.take_along_axis(f, i0 + 1, 1) * frac
-        f = f * np.exp(np.asarray(ebv[sl], np.float32)[:, None] * red_curve[None, :])
-        if rng is not None:
-            sn = np.asarray(snr[sl], np.float64)
-            med = np.median(f, axis=1, keepdims=True)
-            raw = np.sqrt(np.maximum(f, 0.0) + 0.01 * np.abs(med))
-            scale = np.median(f / raw, axis=1, keepdims=True) / np.where(sn > 0, sn, 1.0)[:, None]
-            noise = rng.standard_normal(f.shape, dtype=np.float32) * (raw * scale).astype(np.float32)
+        f = f * extinction_factor(grid, ebv[sl], R_V if eff is None else eff.r_v)
+        if eff is not None:
+            f = f * np.exp(eff.telluric.astype(np.float32)[:, None] * tell[None, :])
+            f = f * np.exp(eff.fluxcal @ calib_basis.T).astype(np.float32)
+        sn = np.asarray(snr[sl], np.float64)
+        noisy = rng is not None
+        med = np.median(f, axis=1, keepdims=True)
+        raw = np.sqrt(np.maximum(f, 0.0) + 0.01 * np.abs(med))
+        scale = np.median(f / raw, axis=1, keepdims=True) / np.where(noisy & (sn > 0), sn, 100.0)[:, None]
+        noise_sigma = (raw * scale).astype(np.float32)
+        if noisy:
+            noise = rng.standard_normal(f.shape, dtype=np.float32) * noise_sigma
             f = f + np.where(sn[:, None] > 0, noise, 0.0)
-        out[sl] = f if normalise is None else normalise_continuum(f, grid, normalise)
+        if eff is not None and np.any(eff.sky != 0):
+            f = f + _sky_residuals(eff.sky, noise_sigma, grid, pixel_aa, res)
+        if normalise is None:
+            out[sl] = np.where(eff.mask, f, 1.0) if eff is not None else f
+        else:
+            out[sl] = normalise_continuum(f, grid, normalise, mask=None if eff is None else eff.mask)
+    return out
+
+
+def _sky_residuals(amp: np.ndarray, noise_sigma: np.ndarray, grid: np.ndarray, pixel_aa: np.ndarray,
+                   resolution: np.ndarray) -> np.ndarray:
+    """Sky-subtraction residuals ``(N, P)``: a Gaussian at each sky line (observed frame), FWHM =
+    lambda / R but at least two pixels, peak ``amp`` times the noise sigma at the line."""
+    out = np.zeros(noise_sigma.shape, np.float32)
+    for j, line in enumerate(fx.SKY_LINES[:, 0]):
+        if not grid[0] < line < grid[-1]:
+            continue
+        k = int(np.searchsorted(grid, line))
+        fwhm = np.maximum(line / resolution, 2.0 * pixel_aa[k])
+        sig = (fwhm / 2.3548)[:, None]
+        lo, hi = np.searchsorted(grid, line - 5 * sig.max()), np.searchsorted(grid, line + 5 * sig.max())
+        prof = np.exp(-0.5 * ((grid[None, lo:hi] - line) / sig) ** 2)
+        out[:, lo:hi] += (amp[:, j:j + 1] * noise_sigma[:, k:k + 1] * prof).astype(np.float32)
     return out
 
 

@@ -499,16 +499,15 @@ def prepare(raws: list[RawSpectrum], names: list[str], grid: np.ndarray, normali
                 raise DataError(f"{name}: {problem[0]}")
             drops.add(problem[1], f"{name}: {problem[0]}")
             continue
-        fill = np.where(m, f, np.median(f[m]))
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            norm = normalise_continuum(fill[None, :], grid, normalise)[0]
+            norm = normalise_continuum(f[None, :], grid, normalise, mask=m[None, :])[0]
         if not np.isfinite(norm).all():
             msg = f"the flux is not finite after resampling and continuum normalisation ({normalise})"
             if drops is None:
                 raise DataError(f"{name}: {msg}")
             drops.add("not finite after normalisation", f"{name}: {msg}")
             continue
-        flux[i] = np.where(m, norm, 1.0)
+        flux[i] = norm  # 1 (the continuum) where uncovered
         mask[i] = m
         kept[i] = True
     return flux, mask, kept

@@ -150,6 +150,12 @@ def _headline(report: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def _is_group_table(value: Any) -> bool:
+    """A dict of groups, each a dict of scalars (per_snr, per_template, stress...)."""
+    return (isinstance(value, dict) and 0 < len(value) <= 60
+            and all(isinstance(v, dict) and v and all(_is_scalar(x) for x in v.values()) for v in value.values()))
+
+
 def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
     keys: list[str] = []
     for r in rows:
@@ -283,6 +289,12 @@ def _eval_section(run_dir: Path, split: str, rep: dict[str, Any]) -> str:
         body = [[name, *[(v or {}).get(c) for c in cols], *([auc.get(name)] if auc else [])]
                 for name, v in per_class.items()]
         parts.append(table(["class", *cols, *(["AUC (one-vs-rest)"] if auc else [])], body))
+    for key, groups in rep.items():  # e.g. per_snr, per_template, stress: a row per group
+        if key in _SKIP_HEADLINE or not _is_group_table(groups):
+            continue
+        cols = _metric_columns(list(groups.values()))
+        parts.append(f"<h4>{esc(key)}</h4>" + table([key, *cols], [[g, *[v.get(c) for c in cols]]
+                                                                   for g, v in groups.items()]))
     figures = rep.get("figures") or {}
     if figures:
         parts.append("<div>" + "".join(
