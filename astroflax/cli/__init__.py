@@ -6,8 +6,9 @@ User mistakes (bad paths, config keys, data) end in one line on stderr and exit 
 The commands live in one module per group: :mod:`~astroflax.cli.train` (train, ensemble,
 finetune), :mod:`~astroflax.cli.evaluate` (evaluate, calibrate, predict, sample),
 :mod:`~astroflax.cli.inspect` (tasks, config show, schedule, optimizers compare, check),
-:mod:`~astroflax.cli.tune` (tune, tune show), :mod:`~astroflax.cli.data` (data convert, data info)
-and :mod:`~astroflax.cli.export`; :mod:`~astroflax.cli.common` holds what they share. Command
+:mod:`~astroflax.cli.tune` (tune, tune show), :mod:`~astroflax.cli.data` (data convert, data info),
+:mod:`~astroflax.cli.export` and :mod:`~astroflax.cli.benchmark` (train, then compare with published
+figures); :mod:`~astroflax.cli.common` holds what they share. Command
 modules import JAX, Flax and the trainer inside their commands, so ``astroflax --help``
 stays fast, and never import this module (it imports them).
 """
@@ -30,6 +31,7 @@ if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
 import typer  # noqa: E402
 from typer._click import exceptions as click_exc  # noqa: E402 - typer >= 0.29 vendors click
 
+from astroflax.cli import benchmark as _benchmark_cmds  # noqa: E402
 from astroflax.cli import data as _data_cmds  # noqa: E402
 from astroflax.cli import evaluate as _evaluate_cmds  # noqa: E402
 from astroflax.cli import export as _export_cmds  # noqa: E402
@@ -72,6 +74,7 @@ for _command in (
     _evaluate_cmds.calibrate,
     _inspect_cmds.check,
     _export_cmds.export,
+    _benchmark_cmds.benchmark,
 ):
     app.command()(_command)
 app.add_typer(_inspect_cmds.config_app, name="config")
