@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
-
 import numpy as np
 
 __all__ = ["EFFECTS", "STRESS", "STRESS_SPLITS", "Strengths", "Effects", "draw", "telluric_log_transmission",
@@ -220,9 +218,3 @@ def extinction_curves(grid: np.ndarray, r_v: np.ndarray) -> np.ndarray:
     i0 = np.clip(np.floor(pos).astype(int), 0, len(R_V_GRID) - 2)
     frac = (pos - i0)[:, None]
     return table[i0] * (1.0 - frac) + table[i0 + 1] * frac
-
-
-def merge(parts: Mapping[str, Effects]) -> Effects:
-    """One :class:`Effects` from several (concatenated in the mapping's order)."""
-    items = list(parts.values())
-    return Effects(**{f.name: np.concatenate([getattr(e, f.name) for e in items]) for f in dataclasses.fields(Effects)})

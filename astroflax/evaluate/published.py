@@ -173,6 +173,26 @@ PUBLISHED: dict[str, list[dict[str, Any]]] = {
             "data_differ": _GRAY_DIFF,
             "verified": _GRAY_VERIFIED,
         },
+        {
+            "metric": "stress.all.accuracy",
+            "label": "class accuracy, held-out templates with every survey effect (stress set 'all', S/N 20, 50)",
+            "published": None,
+            "published_text": _GRAY_TEXT,
+            "reference": _GRAY,
+            "their_data": _GRAY_DATA,
+            "data_differ": _GRAY_DIFF,
+            "verified": _GRAY_VERIFIED,
+        },
+        {
+            "metric": "stress.all.subtype_mae",
+            "label": "subtype MAE (subtypes), stress set 'all'",
+            "published": None,
+            "published_text": _GRAY_TEXT,
+            "reference": _GRAY,
+            "their_data": _GRAY_DATA,
+            "data_differ": _GRAY_DIFF,
+            "verified": _GRAY_VERIFIED,
+        },
     ],
     "morphology": [
         {

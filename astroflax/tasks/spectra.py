@@ -58,7 +58,7 @@ TARGET_STRESS_MAE_SUBTYPES = 2.0
 class SpectraEffects(Section):
     """Survey effects drawn per training/validation spectrum (:mod:`astroflax.data.spectra_effects`)."""
 
-    prob: float = Field(0.5, ge=0, le=1, description="probability that a spectrum gets each enabled effect")
+    prob: float = Field(0.7, ge=0, le=1, description="probability that a spectrum gets each enabled effect")
     fluxcal: float = Field(0.15, ge=0, le=1, description="flux-calibration error: largest RMS of its logarithm "
                            "(smooth, Legendre degree 1-3 across the window)")
     lsf: float = Field(0.7, ge=0, le=2, description="resolving power changes by up to exp(lsf) from blue to red end")
