@@ -413,7 +413,10 @@ def _stress_report(run: Any, arrays: dict, info: dict, pred: np.ndarray, labels:
     (fixed S/N levels), when the run is at hand to predict them."""
     if run is None or "template_names" not in info or "snr" not in arrays or len(np.unique(snr)) > 12:
         return None
-    sets = synth.build_stress(run.cfg.data, sp.load_templates())
+    d = run.cfg.data
+    if not info.get("mask_channel"):  # a run from before the coverage input: no masked ranges
+        d = d.model_copy(update={"effects": d.effects.model_copy(update={"mask": 0.0})})
+    sets = synth.build_stress(d, sp.load_templates())
     if not sets:
         return None
     same = np.isin(snr, synth.STRESS_SNR)
