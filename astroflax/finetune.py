@@ -96,11 +96,21 @@ def finetune(
     from astroflax.train.loop import train
 
     console = console or Console(stderr=True, soft_wrap=True)
+    default_dir = None
+    if str(source) == "pretrained":  # the model shipped for this task
+        from astroflax.pretrained import pretrained_path
+
+        source = pretrained_path(task)
+        default_dir = Path("runs") / f"pretrained-ft-{task}"
     source = Path(source)
-    src = load_run(source, checkpoint)
-    # Batch-norm statistics travel with the weights they normalise (paths do not collide with params).
-    source_params = {p: np.asarray(x) for p, x in {**_flat(src.state.params), **_flat(src.state.model_state)}.items()}
-    run_dir = Path(run_dir) if run_dir else source.with_name(f"{source.name}-ft-{task}")
+    if (source / "manifest.json").is_file():  # an export: its verified params.npz
+        source_params, src_task, src_step = export_params(source)
+    else:
+        src = load_run(source, checkpoint)
+        # Batch-norm statistics travel with the weights they normalise (paths do not collide with params).
+        source_params = {p: np.asarray(x) for p, x in {**_flat(src.state.params), **_flat(src.state.model_state)}.items()}
+        src_task, src_step = src.cfg.task, src.step
+    run_dir = Path(run_dir) if run_dir else (default_dir or source.with_name(f"{source.name}-ft-{task}"))
     extra: dict[str, Any] = {"run_dir": str(run_dir)}
     if data:
         extra["data"] = {"path": data}
@@ -118,19 +128,35 @@ def finetune(
         new, report = match_params(source_params, params)
         if not report.restored:
             raise CheckpointError(
-                f"no parameter of {source} (task {src.cfg.task}) matches the model of task {task} by path and shape; "
+                f"no parameter of {source} (task {src_task}) matches the model of task {task} by path and shape; "
                 "nothing to fine-tune from"
             )
-        print_report(report, source, src.step, console)
+        print_report(report, source, src_step, console)
         (run_dir / "finetune_source.json").parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "finetune_source.json").write_text(
-            json.dumps({"source": str(source), "step": src.step, "task": src.cfg.task, **report.to_json()}, indent=1)
+            json.dumps({"source": str(source), "step": src_step, "task": src_task, **report.to_json()}, indent=1)
         )
         found["report"] = report
         return new
 
     result = train(cfg, console=console, init_params=init_params)
     return result, found.get("report")
+
+
+def export_params(directory: Path) -> tuple[dict[str, np.ndarray], str, int]:
+    """Parameters and batch-norm statistics of an export (checksums, shapes and finiteness verified
+    by the loader), keyed like :func:`astroflax.train.optim.flat_params`; its task and step."""
+    from astroflax.export.loader import load_export
+
+    model = load_export(directory)
+    out: dict[str, np.ndarray] = {}
+    for key, value in model.params.items():
+        _, _, path = key.partition("/")  # "params/convs/0/conv/kernel" -> "convs.0.conv.kernel"
+        arr = np.asarray(value)
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            raise CheckpointError(f"{directory}: parameter {key!r} has non-finite values; not fine-tuning from it")
+        out[path.replace("/", ".")] = arr
+    return out, str(model.manifest["task"]), int(model.manifest["source"]["checkpoint_step"])
 
 
 def _flat(tree: Any) -> dict[str, Any]:

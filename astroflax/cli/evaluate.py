@@ -262,6 +262,9 @@ def predict(
         "--bad-rows", help="streamed table inputs: 'flag' writes a bad row with flag = 1 and the reason in "
         "'problem' and goes on; 'error' stops at the first bad row with its one-line message (inputs read "
         "whole, such as folders, always stop there)")] = "flag",
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="RUN_DIR is a task name: predict with the pretrained model shipped with astroflax "
+        "(astroflax/pretrained/TASK, MODEL_CARD.md there)")] = False,
 ) -> None:
     """Predict with a trained run (or ensemble, or export) on new data; writes one row per object.
 
@@ -271,6 +274,10 @@ def predict(
     --resume). Folders of spectra or images are read in batches of files.
     Classifier probabilities are temperature-scaled (mixture sigmas scaled) when the run's calibration.json matches the checkpoint.
     """
+    if pretrained:
+        from astroflax.pretrained import pretrained_path
+
+        run_dir = pretrained_path(str(run_dir))
     if not input.exists():
         raise AstroflaxError(f"--input {input}: no such file or directory")
     require_parent_dir(output, "--output")

@@ -213,7 +213,8 @@ def ensemble(
 
 
 def finetune(
-    source: Annotated[Path, typer.Argument(help="run directory to take the parameters from")],
+    source: Annotated[Path, typer.Argument(help="run directory (or export directory) to take the parameters "
+                                           "from; 'pretrained': the model shipped for --task")],
     task: Annotated[str, typer.Option("--task", "-t", help="task to fine-tune on")],
     data: Annotated[Optional[str], typer.Option("--data", help="data.path for the new task (user data)")] = None,
     freeze: Annotated[list[str], typer.Option(

@@ -210,6 +210,11 @@ class ExportedModel:
 
     # ------------------------------------------------------------------ facts
     @property
+    def params(self) -> dict[str, jax.Array]:
+        """The verified arrays of ``params.npz`` by key (``params/<path>``, ``state/<path>``)."""
+        return dict(self._params)
+
+    @property
     def inputs(self) -> list[dict[str, Any]]:
         """``[{"name", "dtype", "shape"}]``; ``shape[0]`` is the symbolic batch dimension ``"b"``."""
         return self.manifest["inputs"]

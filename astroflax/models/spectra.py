@@ -40,8 +40,8 @@ SCALE_CENTRE = 3.5
 SCALE_SPREAD = 2.0
 
 
-def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, momentum=0.9, rngs=rngs)
+def _bn(features: int, rngs: nnx.Rngs, momentum: float = 0.9) -> nnx.BatchNorm:
+    return nnx.BatchNorm(features, momentum=momentum, rngs=rngs)
 
 
 def _inputs(flux: jax.Array, mask: jax.Array | None, in_channels: int) -> jax.Array:
@@ -93,12 +93,13 @@ class SpectrumMLP(nnx.Module):
         dropout: float = 0.2,
         *,
         in_channels: int = 1,
+        bn_momentum: float = 0.9,
         rngs: nnx.Rngs,
     ):
         self.in_channels = int(in_channels)
         sizes = [int(num_pixels) * self.in_channels, *map(int, hidden)]
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
-        self.norms = nnx.List([_bn(b, rngs) for b in sizes[1:]])
+        self.norms = nnx.List([_bn(b, rngs, bn_momentum) for b in sizes[1:]])
         self.drop = nnx.Dropout(float(dropout))
         self.heads = _Heads(sizes[-1], num_classes, rngs=rngs)
 
@@ -127,6 +128,7 @@ class SpectrumCNN(nnx.Module):
         dropout: float = 0.2,
         *,
         in_channels: int = 1,
+        bn_momentum: float = 0.9,
         rngs: nnx.Rngs,
     ):
         self.in_channels = int(in_channels)
@@ -137,12 +139,12 @@ class SpectrumCNN(nnx.Module):
         c_in = self.in_channels
         for c in channels:
             convs.append(SpectralConvolution(c_in, int(c), kernel_size, length, rngs=rngs))
-            norms.append(_bn(int(c), rngs))
+            norms.append(_bn(int(c), rngs, bn_momentum))
             c_in, length = int(c), length // 2
         self.convs = nnx.List(convs)
         self.norms = nnx.List(norms)
         self.fc = nnx.Linear(length * c_in, int(hidden), rngs=rngs)
-        self.fc_norm = _bn(int(hidden), rngs)
+        self.fc_norm = _bn(int(hidden), rngs, bn_momentum)
         self.drop = nnx.Dropout(float(dropout))
         self.heads = _Heads(int(hidden), num_classes, rngs=rngs)
 

@@ -137,6 +137,8 @@ class SpectraModel(Section):
     hidden: int = Field(128, ge=4, description="cnn dense width before the heads")
     mlp_hidden: list[int] = Field([512, 256], min_length=1, description="mlp layer widths")
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout rate")
+    bn_momentum: float = Field(0.9, ge=0, lt=1, description="BatchNorm running-average momentum (evaluation "
+                               "statistics average about 1/(1 - momentum) batches)")
     subtype_weight: float = Field(1.0, ge=0, description="lambda: weight of the subtype loss next to cross-entropy")
     subtype_loss: Literal["huber", "mse"] = Field("huber", description="subtype loss on the error in subtypes")
     huber_delta: float = Field(1.0, gt=0, description="Huber transition, in subtypes")
@@ -244,14 +246,14 @@ def build_model(cfg, info: dict, rngs) -> SpectrumCNN | SpectrumMLP:
     c_in = 2 if info.get("mask_channel") else 1  # user data: flux + coverage mask
     if m.arch == "mlp":
         return SpectrumMLP(info["num_pixels"], info["num_classes"], m.mlp_hidden, m.dropout, in_channels=c_in,
-                           rngs=rngs)
+                           bn_momentum=m.bn_momentum, rngs=rngs)
     if info["num_pixels"] % (2 ** len(m.channels)):
         raise ConfigError(
             f"config key 'data.num_pixels' = {info['num_pixels']}: must be divisible by 2**{len(m.channels)} "
             f"(one pooling per entry of model.channels)"
         )
     return SpectrumCNN(info["num_pixels"], info["num_classes"], m.channels, m.kernel_size, m.hidden, m.dropout,
-                       in_channels=c_in, rngs=rngs)
+                       in_channels=c_in, bn_momentum=m.bn_momentum, rngs=rngs)
 
 
 def forward(model, batch, train: bool, rng) -> tuple[jax.Array, jax.Array]:

@@ -20,6 +20,7 @@ from flax import nnx
 from pydantic import Field
 
 from astroflax.data import lightcurves as lc
+from astroflax.data import redshift_augment
 from astroflax.data.cache import content_hash
 from astroflax.data.splits import indices_from_codes
 from astroflax.data.tables import DropLog, split_codes
@@ -48,6 +49,10 @@ class TransientsData(Section):
     use_metadata: bool = Field(True, description="feed host photo-z, its error, MW E(B-V) and flux scale to the head")
     class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weight per class")
     split_seed: int = Field(20181001, description="seed of the stratified split for user data")
+    redshift_augment: int = Field(0, ge=0, le=50, description="copies of each extragalactic training object "
+                                  "re-observed at other redshifts (astroflax.data.redshift_augment); 0 = off")
+    redshift_max: float = Field(3.0, gt=0, le=10, description="highest redshift of an augmented copy")
+    augment_seed: int = Field(2019, description="seed of the redshift augmentation")
 
 
 def _to_arrays(lcs: lc.LightCurveSet, max_len: int, use_meta: bool, meta_mean=None, meta_std=None) -> Arrays:
@@ -94,6 +99,13 @@ def load_data(cfg) -> Dataset:
     else:
         lcs = lc.load_bundled_plasticc()
         parts = lc.split_indices(lcs)
+    if dcfg.redshift_augment:
+        before = len(lcs)
+        lcs, added = redshift_augment.augment(lcs, parts["train"], dcfg.redshift_augment,
+                                              np.random.default_rng(dcfg.augment_seed), z_max=dcfg.redshift_max)
+        parts = {**parts, "train": np.concatenate([parts["train"], added])}
+        extra_info["redshift_augment"] = {"copies": dcfg.redshift_augment, "objects_added": len(added),
+                                          "objects_before": before, "z_max": dcfg.redshift_max}
     raw = _to_arrays(lcs, dcfg.max_len, use_meta=True)
     train_meta = raw["meta"][parts["train"]]
     meta_mean = train_meta.mean(axis=0)
@@ -124,6 +136,8 @@ def load_data(cfg) -> Dataset:
         **extra_info,
     }
     version = f"{lcs.version}-L{dcfg.max_len}-m{int(dcfg.use_metadata)}"
+    if dcfg.redshift_augment:
+        version += f"-za{dcfg.redshift_augment}-{dcfg.redshift_max:g}-{dcfg.augment_seed}"
     if dcfg.path:  # every data setting (format, classes, split seed, weighting) changes the user data's version
         version = content_hash(lcs.version, dcfg.model_dump(mode="json", exclude={"path"}),
                                *[parts[k] for k in sorted(parts)], length=16)

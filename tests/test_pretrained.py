@@ -1,0 +1,102 @@
+"""Pretrained models shipped in astroflax/pretrained: cards, predict --pretrained, finetune from them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from astroflax.data import examples
+from astroflax.data import spectra as sp
+from astroflax.pretrained import MODEL_CARD, PRETRAINED_DIR, available
+from conftest import REPO, run_main
+
+SHIPPED = ["digits", "photoz", "spectra"]
+
+
+def test_each_shipped_model_is_a_verified_export_with_a_model_card():
+    assert available() == SHIPPED
+    for task in SHIPPED:
+        d = PRETRAINED_DIR / task
+        manifest = json.loads((d / "manifest.json").read_text())
+        assert manifest["task"] == task and manifest["config"]["task"] == task
+        card = (d / MODEL_CARD).read_text()
+        for part in ("Trained with:", "scripts/pretrain.py", "Licence of the training data:", "Known limits",
+                     "Test-split figures", f"astroflax predict {task} --pretrained"):
+            assert part in card, (task, part)
+        assert "| `" in card  # at least one measured figure
+        size = sum(f.stat().st_size for f in d.iterdir())
+        assert size < 5e6, (task, size)  # small enough to ship in the wheel
+    assert "pretrained/*/*" in (REPO / "pyproject.toml").read_text()
+
+
+def test_predict_pretrained_spectra_types_real_templates_and_partial_coverage(tmp_path, capsys):
+    t = sp.load_templates()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    names = ["A0V", "F8V", "G8V", "K2V", "M4V"]  # real Pickles templates, observed at full and partial coverage
+    wave = np.arange(3700.0, 9200.0, 2.0)
+    for name in names:
+        flux = np.interp(wave, t.wavelength, t.flux[list(t.name).index(name)])
+        for tag, keep in (("full", wave > 0), ("red", wave > 4600)):
+            with open(inputs / f"{name}_{tag}.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["wavelength", "flux"])
+                w.writerows(zip(wave[keep], flux[keep]))
+    out = tmp_path / "pred.csv"
+    code, _, err = run_main(["predict", "spectra", "--pretrained", "--input", str(inputs), "--output", str(out)],
+                            capsys)
+    assert code == 0, err
+    rows = {r["file"]: r for r in csv.DictReader(out.open())}
+    assert len(rows) == 2 * len(names)
+    right = sum(rows[f"{n}_{tag}.csv"]["predicted_class"] == n[0] for n in names for tag in ("full", "red"))
+    assert right >= 8, {k: (v["predicted_class"], v["spectral_type"]) for k, v in rows.items()}
+
+
+def test_predict_pretrained_photoz_on_a_catalogue(tmp_path, capsys):
+    path, _ = examples.photoz(tmp_path / "cat")
+    out = tmp_path / "z.csv"
+    code, _, err = run_main(["predict", "photoz", "--pretrained", "--input", str(path), "--output", str(out),
+                             "--keep", "zspec"], capsys)
+    assert code == 0, err
+    rows = [r for r in csv.DictReader(out.open()) if r.get("flag", "0") in ("0", "")]
+    z = np.array([float(r["z_mean"]) for r in rows])
+    zs = np.array([float(r["zspec"]) for r in rows])
+    dz = (z - zs) / (1 + zs)
+    assert len(rows) > 100 and 1.4826 * np.median(np.abs(dz - np.median(dz))) < 0.03
+
+
+def test_predict_pretrained_unknown_task_is_one_line(tmp_path, capsys):
+    code, _, err = run_main(["predict", "transients", "--pretrained", "--input", str(tmp_path),
+                             "--output", str(tmp_path / "p.csv")], capsys)
+    assert code == 2 and "no pretrained model for task 'transients'" in err and "spectra" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_finetune_from_pretrained_restores_every_parameter(tmp_path, capsys):
+    run_dir = tmp_path / "ft"
+    code, _, err = run_main(["finetune", "pretrained", "--task", "spectra", "--run-dir", str(run_dir),
+                             "--no-evaluate", "--set", "data.num_train=128", "--set", "data.val_per_type=2",
+                             "--set", "data.test_per_snr=1", "--set", "data.stress_per_snr=0",
+                             "--set", "train.steps=2", "--set", "train.eval_every=2", "--set", "train.progress=false",
+                             "--set", "checkpoint.every=2"], capsys)
+    assert code == 0, err
+    src = json.loads((run_dir / "finetune_source.json").read_text())
+    assert src["task"] == "spectra" and not src["new"] and not src["dropped"]
+    manifest = json.loads((PRETRAINED_DIR / "spectra" / "manifest.json").read_text())
+    assert src["restored_values"] == manifest["params"]["count"]
+
+
+def test_finetune_refuses_a_damaged_pretrained_export(tmp_path, capsys):
+    bad = tmp_path / "spectra-export"
+    shutil.copytree(PRETRAINED_DIR / "spectra", bad)
+    data = bytearray((bad / "params.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "params.npz").write_bytes(bytes(data))
+    code, _, err = run_main(["finetune", str(bad), "--task", "spectra", "--run-dir", str(tmp_path / "ft"),
+                             "--set", "train.steps=2"], capsys)
+    assert code == 2 and "params.npz" in err and "sha256" in err, err
+    assert not (tmp_path / "ft").exists()
