@@ -146,9 +146,12 @@ def finetune(
 def export_params(directory: Path) -> tuple[dict[str, np.ndarray], str, int]:
     """Parameters and batch-norm statistics of an export (checksums, shapes and finiteness verified
     by the loader), keyed like :func:`astroflax.train.optim.flat_params`; its task and step."""
-    from astroflax.export.loader import load_export
+    from astroflax.export.loader import ExportFormatError, load_export
 
-    model = load_export(directory)
+    try:
+        model = load_export(directory)
+    except ExportFormatError as exc:  # the standalone loader's error: one line, exit 2, like a bad checkpoint
+        raise CheckpointError(str(exc)) from None
     out: dict[str, np.ndarray] = {}
     for key, value in model.params.items():
         _, _, path = key.partition("/")  # "params/convs/0/conv/kernel" -> "convs.0.conv.kernel"
