@@ -207,3 +207,18 @@ def test_train_sample_evaluate_cli(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--n 0: expected at least 1" in error_of(["--n", "0", "--out", str(out1)])
     missing = tmp_path / "nope" / "x.png"
     assert f"directory {missing.parent} does not exist" in error_of(["--out", str(missing)])
+
+    # The export traces the prediction with the parameters as device arrays: the per-class prior is
+    # indexed by the label input (with host arrays the export failed with a tracer error).
+    from astroflax.data.store import load_dataset
+    from astroflax.export.loader import load_export
+    from astroflax.runs import load_run
+
+    main(["export", str(run_dir), "--out", str(tmp_path / "export")])
+    exported = load_export(tmp_path / "export")
+    assert {"x", "label"} <= {i["name"] for i in exported.inputs}
+    run = load_run(run_dir)
+    test = load_dataset(run.cfg).split("test")
+    rows = {k: np.asarray(v[:4]) for k, v in test.items()}
+    np.testing.assert_allclose(exported.predict({i["name"]: rows[i["name"]] for i in exported.inputs}),
+                               run.predict(rows), rtol=1e-4, atol=1e-4)

@@ -50,6 +50,9 @@ def flat_arrays(tree: Any, prefix: str) -> tuple[dict[str, np.ndarray], list[str
 
 def used_inputs(fn, params, model_state, batch: dict[str, np.ndarray]) -> list[str]:
     """Names of the batch arrays the prediction actually reads (labels and weights drop out)."""
+    # Device arrays, not the host copies: a model that indexes a parameter with an input (the vae's
+    # per-class prior, ``prior_mean[labels]``) cannot index a NumPy array with a tracer.
+    params, model_state = jax.tree.map(jnp.asarray, (params, model_state))
     closed = jax.make_jaxpr(lambda b: fn(params, model_state, b))(batch)
     jaxpr = closed.jaxpr
     used: set[int] = set()
