@@ -14,7 +14,7 @@ from astroflax.data import spectra as sp
 from astroflax.pretrained import MODEL_CARD, PRETRAINED_DIR, available
 from conftest import REPO, run_main
 
-SHIPPED = ["digits", "photoz", "spectra", "variables"]
+SHIPPED = ["digits", "morphology", "photoz", "spectra", "variables"]
 
 
 def test_each_shipped_model_is_a_verified_export_with_a_model_card():
