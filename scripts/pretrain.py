@@ -83,15 +83,10 @@ CARDS = {
 }
 
 
-def _lookup(report: dict, key: str):
-    node = report
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def model_card(task: str, preset: str, run_dir: Path, export_dir: Path) -> str:
     """MODEL_CARD.md from the run's files: the figures are the run's own test-split evaluation."""
+    from astroflax.evaluate.published import lookup
+
     card = CARDS[task]
     report = json.loads((run_dir / "eval" / "test.json").read_text())
     summary = json.loads((run_dir / "train_summary.json").read_text()) if (run_dir / "train_summary.json").is_file() else {}
@@ -99,7 +94,7 @@ def model_card(task: str, preset: str, run_dir: Path, export_dir: Path) -> str:
     size = sum(f.stat().st_size for f in export_dir.iterdir() if f.is_file())
     rows = []
     for key in card["metrics"]:
-        value = _lookup(report, key)
+        value = lookup(report, key)  # a card's metric that the report lacks is an error here
         if isinstance(value, (int, float)):
             rows.append(f"| `{key}` | {value:.4g} |")
     lines = [

@@ -162,6 +162,15 @@ def test_training_draws_each_effect_with_its_probability():
     assert np.abs(e.lsf_tilt).max() <= 0.5 and e.r_v.min() >= 2.5 and e.r_v.max() <= 5.0
     none = fx.draw(fx.Strengths(), 10, 256, rng)
     assert not none.fluxcal.any() and not none.sky.any() and none.mask.all() and not none.wavecal.any()
+    # No effect drawn gives exactly the spectra of effects=None.
+    t = sp.load_templates()
+    grid = sp.model_grid()
+    n = 6
+    i = rng.integers(0, len(t), n)
+    args = (i, i, np.zeros(n), rng.uniform(-300, 300, n), np.full(n, 2000.0), rng.uniform(0, 0.5, n), np.full(n, 20.0))
+    plain = sp.simulate(t, *args, grid, np.random.default_rng(1), "median")
+    same = sp.simulate(t, *args, grid, np.random.default_rng(1), "median", effects=fx.Effects.none(n, len(grid)))
+    np.testing.assert_array_equal(plain, same)
 
 
 def test_stress_sets_are_held_out_deterministic_and_one_effect_each():

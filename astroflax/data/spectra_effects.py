@@ -9,7 +9,7 @@ spectrum from one ``numpy.random.Generator`` (a seed fixes the data set) and app
 
 - ``fluxcal``: a smooth multiplicative flux-calibration error, ``exp(sum_k c_k P_k(t))`` with
   Legendre polynomials of degree 1-3 over the window; ``fluxcal`` is the RMS of its logarithm
-  (0.15: deviations of 15% RMS, up to about 30% at the ends).
+  (0.15: deviations of 15% RMS, larger towards the ends, where the polynomials peak).
 - ``lsf``: the resolving power changes across the window by a factor up to ``exp(lsf)`` from
   the blue to the red end (either way), as spectrograph optics do.
 - ``wavecal``: a wavelength-calibration error ``a + b t`` Angstrom (zero point and stretch, each
@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+
 import numpy as np
 
-__all__ = ["EFFECTS", "STRESS", "STRESS_SPLITS", "Strengths", "Effects", "draw", "telluric_log_transmission",
+__all__ = ["STRESS", "STRESS_SPLITS", "Strengths", "Effects", "draw", "telluric_log_transmission",
            "SKY_LINES", "extinction_curves"]
-
-EFFECTS = ("fluxcal", "lsf", "wavecal", "telluric", "sky", "mask", "reddening")
 
 #: Sky emission lines (air, Angstrom) whose subtraction residuals the ``sky`` effect adds, with
 #: a relative strength: [O I] 5577 is the brightest optical line; Na D, [O I] 6300/6364 and OH
@@ -116,7 +115,7 @@ class Effects:
 
     @classmethod
     def none(cls, n: int, num_pixels: int, r_v: float = 3.1) -> Effects:
-        """No effect (what the clean splits use): full coverage, R_V = 3.1."""
+        """No effect at all: full coverage, R_V = 3.1 (the same spectra as ``effects=None``)."""
         z = np.zeros(n)
         return cls(np.zeros((n, 3)), z, np.zeros((n, 2)), z.copy(), np.zeros((n, len(SKY_LINES))),
                    np.ones((n, num_pixels), bool), np.full(n, r_v))

@@ -16,11 +16,11 @@ BatchNorm runs in batch-statistics mode when ``train=True`` and on running avera
 depend on the rest of its batch).
 No RNG state is stored: dropout keys come from the explicit ``rng`` argument.
 
-Coverage mask: user spectra may cover only part of the grid, so a model built with
+Coverage mask: spectra may cover only part of the grid, so a model built with
 ``in_channels=2`` also reads ``mask`` (1 where the pixel is covered) as a second input channel,
-given as ``1 - mask`` so that a fully covered spectrum feeds exact zeros there. The bundled
-(simulated) spectra always cover the whole grid, so their models keep one channel and their
-parameters, initialisation and numbers are unchanged.
+given as ``1 - mask`` so that a fully covered spectrum feeds exact zeros there. User-data models
+have it, and so do bundled-data models trained with masked ranges (``data.effects.mask > 0``,
+the default); a bundled model trained without them keeps one channel.
 """
 
 from __future__ import annotations

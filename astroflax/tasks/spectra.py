@@ -6,6 +6,9 @@ pixels). Split (leave templates out, :mod:`astroflax.data.spectra_synth`): whole
 with all their metallicity variants are held out for validation (``data.val_types``: B8V, A5V,
 F2V, G2V, K5V, M1V) and test (``data.test_types``: O9V, B3V, A3V, F5V, G5V, K3V, M3V); 28
 templates and mixtures of adjacent ones train, and every class keeps training templates.
+Training and validation spectra carry survey effects (``data.effects``, flux and wavelength
+calibration, LSF, tellurics, sky residuals, masked ranges, F99 reddening); the test report adds
+the stress sets, held-out templates through each effect (``docs/spectra_robustness.md``).
 
 Labels: the class (7-way softmax) and the type scale ``class_index + subtype / 10`` (O5 = 0.5,
 G2 = 4.2, M6 = 6.6), regressed by a second head and returned as the extra output column
