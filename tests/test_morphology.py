@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,33 +34,117 @@ def test_render_shapes_and_determinism():
     assert np.bincount(labs).tolist() == [4] * 6
 
 
-def test_ellipticals_more_concentrated_than_sc():
-    cfg = gr.RenderConfig(image_size=48, stars_per_image=0.0)
-    imgs = gr.render_galaxies(np.array([0] * 60 + [4] * 60), cfg, seed=1, noise=False)
-    conc = gr.concentration(imgs, radius=2.5)
-    e, sc = conc[:60], conc[60:]
-    assert e.mean() > sc.mean() + 0.03, (e.mean(), sc.mean())
+def test_concentration_follows_the_hubble_sequence():
+    """R90/R50 (scale-free): de Vaucouleurs-like ellipticals ~4-5, exponential disks ~2.2-2.4."""
+    labels = np.repeat(np.arange(6), 30)
+    cfg = gr.RenderConfig(image_size=64, stars_per_image=0.0, background_galaxies=0.0)
+    imgs = gr.render_galaxies(labels, cfg, seed=1, noise=False)
+    c = _light_radius(imgs, 0.9) / _light_radius(imgs, 0.5)
+    med = [float(np.median(c[labels == k])) for k in range(6)]
+    assert med[0] > med[1] > med[2] > med[4], med
+    assert med[0] > 3.5 and med[4] < 2.6, med
 
 
-def test_psf_conserves_flux_and_noise_matches_depth():
-    cfg = gr.RenderConfig(image_size=48, stars_per_image=0.0, depth_spread=0.0)
+def _light_radius(imgs: np.ndarray, fraction: float) -> np.ndarray:
+    """Radius (px, about the image centre) holding ``fraction`` of each image's r-band light."""
+    size = imgs.shape[1]
+    r = np.hypot(*(np.mgrid[0:size, 0:size] - (size - 1) / 2)).ravel()
+    order = np.argsort(r)
+    light = imgs[..., 1].reshape(len(imgs), -1)[:, order]
+    cum = np.cumsum(light, axis=1) / light.sum(axis=1, keepdims=True)
+    return r[order][np.argmax(cum >= fraction, axis=1)]
+
+
+def test_galaxies_are_framed_like_cutouts_whatever_the_class():
+    """Cutouts are framed on the galaxy: the half-light radius follows size_range for every class,
+    not a size per class (ellipticals come out larger in Re, as their Petrosian R50 is ~0.7 Re)."""
+    labels = np.repeat(np.arange(6), 30)
+    radii = {}
+    for lo, hi in ((0.03, 0.04), (0.06, 0.08)):
+        cfg = gr.RenderConfig(image_size=64, stars_per_image=0.0, background_galaxies=0.0, size_range=(lo, hi))
+        r50 = _light_radius(gr.render_galaxies(labels, cfg, seed=3, noise=False), 0.5) / 64
+        radii[lo] = r50
+        per_class = np.array([np.median(r50[labels == c]) for c in range(6)])
+        assert np.all(per_class > 0.6 * lo) and np.all(per_class < 2.0 * hi), per_class
+        disks = per_class[2:5]  # Sa, Sb, Sc: Petrosian R50 = Re, so they share the range
+        assert disks.max() / disks.min() < 1.25, per_class
+    ratio = np.median(radii[0.06] / radii[0.03])
+    assert 1.7 < ratio < 2.3, ratio  # twice the range, twice the size: the framing drives it
+
+
+def test_flux_is_kept_and_noise_matches_depth():
+    cfg = gr.RenderConfig(image_size=48, stars_per_image=0.0, background_galaxies=0.0, depth_spread=0.0)
     clean, par = gr.render_galaxies(np.arange(6).repeat(4), cfg, seed=2, noise=False, return_params=True)
-    np.testing.assert_allclose(clean.sum(axis=(1, 2)), par["galaxy_flux"], rtol=1e-4)  # PSF keeps total flux
-    # Direct check of the FFT convolution on a delta function.
-    delta = np.zeros((2, 32, 32, 1), np.float32)
-    delta[:, 10, 20] = 5.0
-    k = gr.psf_kernels(32, np.array([2.0, 3.0]), np.array([0, 1]), np.array([3.0, 3.0]))
-    out = gr.convolve_fft(delta, k)
-    np.testing.assert_allclose(out.sum(axis=(1, 2, 3)), 10.0 / 2, rtol=1e-5)
-    assert out[0, 10, 20, 0] < 5.0 and out[0, 10, 21, 0] > 0  # flux was spread out
+    np.testing.assert_allclose(clean.sum(axis=(1, 2)), par["galaxy_flux"], rtol=1e-4)  # PSF and pixels keep flux
     noisy, par = gr.render_galaxies(np.arange(6).repeat(4), cfg, seed=2, return_params=True)
     resid = (noisy - clean)[:, :, :, 1].reshape(24, -1)  # noise-only difference, r band
     ratio = resid.std(axis=1) / par["noise_sigma"][:, 1]
     np.testing.assert_allclose(ratio, 1.0, atol=0.08)
     expected = gr.pixel_noise_sigma(cfg.depth, par["psf_fwhm"])
     np.testing.assert_allclose(par["noise_sigma"][:, 1], expected, rtol=1e-6)
-    # 2 mag deeper = 6.3x less noise.
     np.testing.assert_allclose(gr.pixel_noise_sigma(25.0, 2.0) * 10 ** 0.8, gr.pixel_noise_sigma(23.0, 2.0), rtol=1e-9)
+    # g is deeper than r, i shallower (DECaLS-like): the per-pixel noise orders g < r < i.
+    assert np.all(par["noise_sigma"][:, 0] < par["noise_sigma"][:, 1]) and np.all(par["noise_sigma"][:, 2] > par["noise_sigma"][:, 1])
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_k_space_composition_places_and_sizes_sources(size):
+    """A Gaussian of width s at offset (dx, dy) from the centre lands there (x = column, y = row),
+    keeps its flux and has variance s^2 + 1/12 (the pixel box); a point at the centre splits evenly
+    between the four central pixels."""
+    k = gr._k_grid(size)
+    fk = gr._blobs_k(k, np.array([3.0]), np.array([-2.0]), np.array([1.5]), np.array([2.0]))
+    img = gr._to_pixels(fk, size, offset=(0.5, 0.25))
+    yy, xx = np.mgrid[0:size, 0:size]
+    cx, cy = (img * xx).sum() / img.sum(), (img * yy).sum() / img.sum()
+    assert img.sum() == pytest.approx(2.0, rel=1e-9)
+    assert cx - (size - 1) / 2 == pytest.approx(3.5, abs=1e-6) and cy - (size - 1) / 2 == pytest.approx(-1.75, abs=1e-6)
+    assert (img * (xx - cx) ** 2).sum() / img.sum() == pytest.approx(1.5**2 + 1 / 12, rel=1e-4)
+    point = gr._to_pixels(gr._blobs_k(k, np.zeros(1), np.zeros(1), np.zeros(1), np.ones(1)), size)
+    c = size // 2
+    centre = point[c - 1:c + 1, c - 1:c + 1]
+    np.testing.assert_allclose(centre, centre[0, 0], rtol=1e-9)
+    assert centre[0, 0] == pytest.approx(point.max(), rel=1e-9)
+    # An elliptical Gaussian along the x axis (pa 0, axis ratio 0.5): twice as wide in x as in y.
+    e = gr._ellipses_k(k, np.zeros(1), np.zeros(1), np.array([2.0]), np.array([0.5]), np.zeros(1), np.ones(1))
+    img = gr._to_pixels(e[0], size)
+    vx = (img * (xx - (size - 1) / 2) ** 2).sum() - 1 / 12
+    vy = (img * (yy - (size - 1) / 2) ** 2).sum() - 1 / 12
+    assert vx == pytest.approx(4.0, rel=1e-3) and vy == pytest.approx(1.0, rel=1e-3)
+
+
+def test_psf_width_follows_the_band_and_the_config():
+    """A star's r-band FWHM follows psf_fwhm; g is wider and i narrower (seeing ~ lambda^-0.2)."""
+    cfg = gr.RenderConfig(image_size=64, psf="gaussian", psf_fwhm=(3.0, 3.0), stars_per_image=0.0,
+                          background_galaxies=0.0, mag_range=(30.0, 30.0))
+    labels = np.zeros(4, int)
+    _, par = gr.render_galaxies(labels, cfg, seed=1, noise=False, return_params=True)
+    assert np.allclose(par["psf_fwhm"], 3.0)
+    # A point source drawn by the same path (the galaxy is 30 mag, i.e. nothing): compare widths.
+    k = gr._k_grid(64)
+    psf = gr._unit_profile("gaussian", 0.0)
+    widths = []
+    for f in (3.0 * (620 / 475) ** 0.2, 3.0, 3.0 * (620 / 750) ** 0.2):
+        img = gr._to_pixels(psf.dilate(f).drawKImage(nx=len(k), ny=len(k), scale=2 * np.pi / 64).array, 64)
+        xx = np.arange(64) - 31.5
+        widths.append(np.sqrt((img.sum(axis=0) * xx**2).sum() - 1 / 12) * 2.3548)
+    assert widths[1] == pytest.approx(3.0, rel=0.01)
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_background_galaxies_add_faint_sources_only():
+    """The field adds flux (never removes it) and does not change the galaxy; its count is Poisson."""
+    labels = np.arange(6).repeat(20)
+    base = gr.RenderConfig(image_size=48, stars_per_image=0.0, background_galaxies=0.0)
+    crowded = dataclasses.replace(base, background_galaxies=15.0)
+    a, pa = gr.render_galaxies(labels, base, seed=4, noise=False, return_params=True)
+    b, pb = gr.render_galaxies(labels, crowded, seed=4, noise=False, return_params=True)
+    np.testing.assert_array_equal(pa["galaxy_flux"], pb["galaxy_flux"])
+    extra = (b - a).sum(axis=(1, 2, 3))
+    assert np.all(extra > 0) and (b - a).min() > -1e-3 * np.abs(a).max()
+    assert pa["n_background"].sum() == 0 and 12 < pb["n_background"].mean() < 18
+    # Faint: each background galaxy is fainter than r = 18.5, far below the main galaxy.
+    assert np.all((b - a)[..., 1].sum(axis=(1, 2)) < pb["n_background"] * 10 ** (-0.4 * (18.5 - gr.ZEROPOINT)) * 1.01)
 
 
 def test_dihedral_augment_is_rotation_or_flip():
@@ -298,10 +383,11 @@ def test_real_cutouts_take_the_user_file_path(tmp_path: Path):
 
 
 def test_survey_display_is_stretched_quantised_and_nearly_grey_noise():
-    """Survey composites: 8-bit levels, lifted outskirts, and colour blurred like a JPEG (grey pixel noise)."""
-    cfg = gr.RenderConfig(image_size=48, stars_per_image=0.0, noise_band_correlation=0.0)
+    """SDSS-style composites (Lupton + JPEG): 8-bit levels, and colour blurred by the JPEG's 4:2:0
+    chroma subsampling (grey pixel noise)."""
+    cfg = gr.RenderConfig(image_size=48, stars_per_image=0.0, background_galaxies=0.0, noise_band_correlation=0.0)
     flux = gr.render_galaxies(np.array([0, 0, 4, 4, 5, 5]), cfg, seed=5)
-    disp = gr.survey_display(flux, seed=1)
+    disp = gr.survey_display(flux, seed=1, lupton_fraction=1.0)
     assert disp.shape == flux.shape and disp.min() >= 0 and disp.max() <= 255
     np.testing.assert_array_equal(disp, np.round(disp))
     lin, shown = im.normalise(flux), im.normalise(disp)
@@ -315,7 +401,25 @@ def test_survey_display_is_stretched_quantised_and_nearly_grey_noise():
     c_disp, l_disp = colour_noise(shown)
     assert c_lin > 0.8 * l_lin  # independent noise per band: strongly coloured
     assert c_disp < 0.65 * (c_lin / l_lin) * l_disp  # composite: relative colour noise cut by > 1/3
-    assert l_disp > 1.3 * l_lin  # the display stretch lifts the sky noise
+
+
+def test_decals_display_matches_the_bundled_cutouts_sky_and_cores():
+    """Galaxy Zoo DECaLS's stretch on rendered galaxies at the default depth and brightness: the sky
+    sits at the dark grey of the real bundled cutouts (their black point is -0.5 x the band scale),
+    cores saturate, and an image 4x brighter is displayed brighter, not rescaled to look the same."""
+    gz = im.load_galaxy_zoo_smoke()
+    real = np.stack([im.to_model_size(a.astype(np.float32), 64, 1.0) for a in gz["image_rgb"][:12]])
+    real_sky = np.median(real.reshape(12, -1, 3), axis=1).mean()
+    flux = gr.render_galaxies(np.arange(6).repeat(4), gr.RenderConfig(), seed=2)
+    disp = gr.survey_display(flux, seed=3, lupton_fraction=0.0)
+    np.testing.assert_array_equal(disp, np.round(disp))
+    sky = np.median(disp.reshape(24, -1, 3), axis=1).mean()
+    assert 0.5 * real_sky < sky < 2.0 * real_sky, (sky, real_sky)
+    real_peak = np.median(real.reshape(12, -1).max(axis=1))
+    assert real_peak > 200 and np.median(disp.reshape(24, -1).max(axis=1)) > 0.8 * real_peak  # bright cores, as real
+    brighter = gr.survey_display(4 * flux, seed=3, lupton_fraction=0.0)
+    q = slice(24, 40)
+    assert brighter[:, q, q].mean() > disp[:, q, q].mean() + 10
 
 
 def test_mc_dropout_passes_drop_the_head_and_keep_batchnorm_frozen():

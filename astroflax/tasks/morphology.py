@@ -70,16 +70,26 @@ class MorphologyData(Section):
     val_per_class: int = Field(150, ge=2, description="rendered validation galaxies per class")
     test_per_class: int = Field(300, ge=2, description="rendered test galaxies per class")
     seed: int = Field(20240611, description="seed of the rendered set (same seed + config = same pixels)")
-    psf: Literal["gaussian", "moffat", "mixed"] = Field("mixed", description="PSF profile; mixed = half each")
-    psf_fwhm_min: float = Field(1.3, gt=0, description="smallest PSF FWHM, in pixels at image_size 64 (scaled with size)")
-    psf_fwhm_max: float = Field(2.6, gt=0, description="largest PSF FWHM, in pixels at image_size 64 (scaled with size)")
-    depth: float = Field(23.5, description="deepest 5-sigma point-source depth (r mag, zero point 22.5); g and i 0.3 mag shallower")
+    psf: Literal["gaussian", "moffat", "kolmogorov", "mixed"] = Field(
+        "mixed", description="PSF profile (GalSim); mixed = Moffat or Kolmogorov, half each")
+    psf_fwhm_min: float = Field(0.5, gt=0, description="smallest PSF FWHM, in pixels at image_size 64 (scaled with size)")
+    psf_fwhm_max: float = Field(1.2, gt=0, description="largest PSF FWHM, in pixels at image_size 64 (scaled with size); "
+                                "Galaxy Zoo DECaLS cutouts are framed on the galaxy, so 1-1.6 arcsec seeing is 0.4-1.5 px at 64")
+    depth: float = Field(23.5, description="deepest 5-sigma point-source depth (r mag, zero point 22.5); g 0.6 mag deeper, i 0.5 shallower (DECaLS-like)")
     depth_spread: float = Field(0.5, ge=0, description="each image's depth is uniform in [depth - depth_spread, depth]")
-    mag_min: float = Field(14.5, description="brightest total r magnitude")
-    mag_max: float = Field(18.0, description="faintest total r magnitude")
+    mag_min: float = Field(13.0, description="brightest total r magnitude")
+    mag_max: float = Field(17.0, description="faintest total r magnitude (the bundled Galaxy Zoo DECaLS cutouts, inverted "
+                           "through their display stretch, are r = 13.7-16.8, a lower bound on their brightness)")
+    size_min: float = Field(0.03, gt=0, le=0.5, description="smallest galaxy (Petrosian) half-light radius, as a fraction of "
+                            "the image side (one range for every class: cutouts are framed on the galaxy; Galaxy Zoo DECaLS: at most 0.059, "
+                            "the bundled cutouts 0.03-0.06)")
+    size_max: float = Field(0.06, gt=0, le=0.5, description="largest galaxy half-light radius, as a fraction of the image side")
     stars_per_image: float = Field(
         2.5, ge=0, description="mean number of field stars per image (Poisson, up to 8); survey cutouts are often crowded"
     )
+    background_galaxies: float = Field(
+        12.0, ge=0, le=40, description="mean number of faint background galaxies per image (Poisson, r 18.5 to depth + 0.5, "
+        "steep number counts): real cutouts are full of them and a model that never saw any calls them knots")
     softening: float = Field(0.1, gt=0, le=10, description="asinh softening of the per-image stretch (relative to the core)")
     softening_jitter: float = Field(
         0.7, ge=0, le=3, description="training images use softening * exp(U(-j, j)) so the model tolerates other stretches (e.g. survey PNGs)"
@@ -94,6 +104,8 @@ class MorphologyData(Section):
     def _ranges(self) -> MorphologyData:
         if self.psf_fwhm_min > self.psf_fwhm_max:
             raise ValueError(f"psf_fwhm_min = {self.psf_fwhm_min} must be <= psf_fwhm_max = {self.psf_fwhm_max}")
+        if self.size_min > self.size_max:
+            raise ValueError(f"size_min = {self.size_min} must be <= size_max = {self.size_max}")
         if self.mag_min > self.mag_max:
             raise ValueError(f"mag_min = {self.mag_min} must be <= mag_max = {self.mag_max}")
         return self
@@ -120,6 +132,7 @@ def render_config(d: MorphologyData) -> gr.RenderConfig:
     return gr.RenderConfig(
         image_size=d.image_size, psf=d.psf, psf_fwhm=(d.psf_fwhm_min * scale, d.psf_fwhm_max * scale),
         depth=d.depth, depth_spread=d.depth_spread, mag_range=(d.mag_min, d.mag_max), stars_per_image=d.stars_per_image,
+        background_galaxies=d.background_galaxies, size_range=(d.size_min, d.size_max),
     )
 
 
@@ -263,6 +276,12 @@ def galaxy_zoo_section(probs: np.ndarray, gz_index: np.ndarray, info: dict) -> d
         })
     frac = lambda a: float(np.mean(a)) if a else None
     refs = [r["reference_call"] for r in rows if r["reference_call"] is not None]
+    labelled = [r for r in rows if r["featured_fraction"] is not None]
+    rho = None
+    if len(labelled) >= 3:
+        from scipy.stats import spearmanr
+
+        rho = float(spearmanr([1 - r["p_smooth"] for r in labelled], [r["featured_fraction"] for r in labelled]).statistic)
     return {
         "note": SMOKE_NOTE,
         "n_cutouts": len(rows),
@@ -273,6 +292,9 @@ def galaxy_zoo_section(probs: np.ndarray, gz_index: np.ndarray, info: dict) -> d
         "model_smooth_fraction": float(np.mean(p_smooth >= 0.5)) if len(rows) else None,
         # What always giving the commoner reference call would score: the set is small and unbalanced.
         "constant_call_agreement": max(refs.count("smooth"), refs.count("featured")) / len(refs) if refs else None,
+        # Rank correlation of the model's P(featured) with the featured vote fraction: uses the
+        # graded votes, not only the majority call (NaN when the model gives every cutout one value).
+        "spearman_featured": rho,
         "cutouts": rows,
     }
 
