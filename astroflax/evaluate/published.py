@@ -172,8 +172,8 @@ PUBLISHED: dict[str, list[dict[str, Any]]] = {
             "published_text": "0.99 (approximately 99 %)",
             "reference": _WALMSLEY,
             "their_data": _WALMSLEY_DATA,
-            "data_differ": ("Ours: 6-class accuracy on galaxies rendered by astroflax (Sersic bulge + disk, arms, "
-                            "knots, PSF, noise), not real images, and not per-question answers (such as smooth or "
+            "data_differ": ("Ours: 6-class accuracy on galaxies rendered by astroflax (GalSim Sersic bulge + disk, "
+                            "arms, knots, PSF, field sources, noise), not real images, and not per-question answers (such as smooth or "
                             "featured). Different task and data."),
             "verified": _WALMSLEY_VERIFIED,
         },

@@ -156,6 +156,14 @@ def _is_group_table(value: Any) -> bool:
             and all(isinstance(v, dict) and v and all(_is_scalar(x) for x in v.values()) for v in value.values()))
 
 
+def _row_lists(value: Any) -> dict[str, list[dict[str, Any]]]:
+    """The lists of flat rows inside a section dict (e.g. one row per real cutout); {} if none."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, list) and v
+            and all(isinstance(r, dict) and all(_is_scalar(x) for x in r.values()) for r in v)}
+
+
 def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
     keys: list[str] = []
     for r in rows:
@@ -295,6 +303,14 @@ def _eval_section(run_dir: Path, split: str, rep: dict[str, Any]) -> str:
         cols = _metric_columns(list(groups.values()))
         parts.append(f"<h4>{esc(key)}</h4>" + table([key, *cols], [[g, *[v.get(c) for c in cols]]
                                                                    for g, v in groups.items()]))
+    for key, value in rep.items():  # e.g. galaxy_zoo_smoke: its figures, then a row per real cutout
+        rows_by_list = _row_lists(value) if key not in _SKIP_HEADLINE else {}
+        if rows_by_list:
+            scalars = [[k, v] for k, v in value.items() if _is_scalar(v)]
+            parts.append(f"<h4>{esc(key)}</h4>" + (table(["metric", "value"], scalars) if scalars else ""))
+            for name, rows in rows_by_list.items():
+                cols = list(dict.fromkeys(c for r in rows for c in r))
+                parts.append(table(cols, [[r.get(c) for c in cols] for r in rows]))
     figures = rep.get("figures") or {}
     if figures:
         parts.append("<div>" + "".join(

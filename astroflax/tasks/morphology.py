@@ -282,6 +282,7 @@ def galaxy_zoo_section(probs: np.ndarray, gz_index: np.ndarray, info: dict) -> d
         from scipy.stats import spearmanr
 
         rho = float(spearmanr([1 - r["p_smooth"] for r in labelled], [r["featured_fraction"] for r in labelled]).statistic)
+        rho = rho if np.isfinite(rho) else None
     return {
         "note": SMOKE_NOTE,
         "n_cutouts": len(rows),
@@ -293,7 +294,7 @@ def galaxy_zoo_section(probs: np.ndarray, gz_index: np.ndarray, info: dict) -> d
         # What always giving the commoner reference call would score: the set is small and unbalanced.
         "constant_call_agreement": max(refs.count("smooth"), refs.count("featured")) / len(refs) if refs else None,
         # Rank correlation of the model's P(featured) with the featured vote fraction: uses the
-        # graded votes, not only the majority call (NaN when the model gives every cutout one value).
+        # graded votes, not only the majority call (None when the model gives every cutout one value).
         "spearman_featured": rho,
         "cutouts": rows,
     }
