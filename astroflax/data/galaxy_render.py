@@ -39,7 +39,7 @@ CLASS_NAMES: tuple[str, ...] = ("E", "S0", "Sa", "Sb", "Sc", "Irr")
 SMOOTH_CLASSES: tuple[str, ...] = ("E", "S0")  # Galaxy Zoo "smooth"; the rest are "featured"
 BANDS: tuple[str, ...] = ("g", "r", "i")
 ZEROPOINT = 22.5  # nanomaggies
-GENERATOR_VERSION = 6  # bump whenever the rendered pixels change for the same config
+GENERATOR_VERSION = 7  # bump whenever the rendered pixels change for the same config
 
 # Per class (E, S0, Sa, Sb, Sc, Irr): ranges drawn uniformly per galaxy.
 _BT = np.array([[0.85, 1.0], [0.45, 0.7], [0.3, 0.45], [0.12, 0.28], [0.0, 0.1], [0.0, 0.04]])
