@@ -123,8 +123,10 @@ def evaluate(
 
 # ----------------------------------------------------------------------- calibrate
 
-_METHOD_HELP = ("classifiers: temperature (keeps predicted classes) or prior_temperature (first undo the loss's "
-                "class weighting: calibrated to training-set class frequencies; changes predicted classes); "
+_METHOD_HELP = ("classifiers: temperature (keeps predicted classes), prior_temperature (first undo the loss's "
+                "class weighting: calibrated to training-set class frequencies; changes predicted classes) or "
+                "balanced_offsets (temperature and a logit offset per class fitted to the class-balanced log-loss, "
+                "for flat-weighted metrics such as PLAsTiCC's; changes predicted classes); "
                 "Gaussian-mixture regressors (photoz): sigma_scale, chosen for them whatever is given")
 
 

@@ -92,6 +92,65 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     return t if nll(z, y, t) <= nll(z, y, 1.0) else 1.0
 
 
+OFFSET_PENALTIES = (1e-3, 1e-2, 1e-1, 1.0)  # L2 on the class offsets; one is picked by 5-fold CV on val
+CV_FOLDS = 5
+
+
+def balanced_nll(logits: Any, labels: Any, num_classes: int | None = None) -> float:
+    """Mean NLL with each class weighted equally (the flat-weighted log-loss of PLAsTiCC)."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    k = num_classes or z.shape[1]
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    w = 1.0 / counts[y]
+    per = special.logsumexp(z, axis=-1) - z[np.arange(y.size), y]
+    return float(np.sum(w * per) / np.sum(w))
+
+
+def _fit_offsets(z: np.ndarray, y: np.ndarray, penalty: float) -> tuple[float, np.ndarray]:
+    """``T`` and class offsets ``b`` minimising the balanced NLL of ``softmax(z / T + b)`` + penalty |b|^2."""
+    k = z.shape[1]
+
+    def objective(x: np.ndarray) -> float:
+        return balanced_nll(z / math.exp(x[0]) + x[1:], y, k) + penalty * float(np.sum(x[1:] ** 2))
+
+    res = optimize.minimize(objective, np.zeros(k + 1), method="L-BFGS-B",
+                            bounds=[LOG_T_BOUNDS] + [(-20.0, 20.0)] * k)
+    return math.exp(float(res.x[0])), res.x[1:]
+
+
+def fit_balanced_offsets(logits: Any, labels: Any, seed: int = 0) -> tuple[float, np.ndarray, float]:
+    """Temperature plus one logit offset per class, fitted to the class-balanced NLL on validation.
+
+    Why: a classifier judged by a class-balanced metric (PLAsTiCC's flat-weighted log-loss) should
+    be calibrated in that space; per-class offsets also fix a class that validation shows to be
+    systematically over- or under-predicted, which one temperature cannot. The offsets change
+    predicted classes. Their L2 penalty is picked by stratified 5-fold cross-validation on the
+    validation split itself (rare classes have few validation examples). Returns (T, b, penalty):
+    ``p = softmax(log p_raw / T + b)``.
+    """
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), np.int64)
+    for c in np.unique(y):  # stratified folds: every class spread over the folds
+        idx = rng.permutation(np.flatnonzero(y == c))
+        fold[idx] = np.arange(len(idx)) % CV_FOLDS
+    scores = []
+    for pen in OFFSET_PENALTIES:
+        held = []
+        for f in range(CV_FOLDS):
+            tr, te = fold != f, fold == f
+            if not te.any() or not tr.any():
+                continue
+            t, b = _fit_offsets(z[tr], y[tr], pen)
+            held.append(balanced_nll(z[te] / t + b, y[te], z.shape[1]))
+        scores.append(float(np.mean(held)))
+    best = OFFSET_PENALTIES[int(np.argmin(scores))]
+    t, b = _fit_offsets(z, y, best)
+    return t, b, best
+
+
 def calibration_metrics(probs: Any, labels: Any) -> dict[str, float]:
     """The numbers reported before and after scaling (ECE with 15 equal-width bins)."""
     p = np.asarray(probs, np.float64)
@@ -209,7 +268,7 @@ def fit_regression_calibration(raw_val: np.ndarray, val_y: np.ndarray, step: Any
 
 # ------------------------------------------------------------------------ runs and files
 
-METHODS = ("temperature", "prior_temperature")
+METHODS = ("temperature", "prior_temperature", "balanced_offsets")
 REGRESSION_METHODS = ("sigma_scale",)
 
 
@@ -259,6 +318,8 @@ def fit_calibration(raw_val_probs: np.ndarray, val_labels: np.ndarray, step: Any
     ``prior_temperature``: first undo the class weighting of the training loss (``class_weights``,
     e.g. ``balanced``), then fit ``T``. This calibrates to the training-set class frequencies and
     so changes predicted classes; a balanced-weighted model's flat-weighted log-loss gets worse.
+    ``balanced_offsets``: ``T`` and a logit offset per class fitted to the class-balanced NLL
+    (:func:`fit_balanced_offsets`); for models judged by a flat-weighted metric. Changes predicted classes.
     """
     if method not in METHODS:
         raise ConfigError(f"calibration method {method!r}: choose from {', '.join(METHODS)}")
@@ -271,11 +332,18 @@ def fit_calibration(raw_val_probs: np.ndarray, val_labels: np.ndarray, step: Any
         if offset.shape != (logits.shape[1],):
             raise ConfigError(f"class_weights has {offset.size} entries, expected {logits.shape[1]}")
         logits = logits + offset
-    t = fit_temperature(logits, val_labels)
+    extra: dict[str, Any] = {}
+    if method == "balanced_offsets":
+        t, b, penalty = fit_balanced_offsets(logits, val_labels)
+        offset = b * t  # softmax(z / T + b) == softmax((z + b T) / T): the record's form
+        extra = {"offset_penalty": penalty}
+    else:
+        t = fit_temperature(logits, val_labels)
     record = {
         "method": method,
         "temperature": t,
         "logit_offset": None if offset is None else offset.tolist(),
+        **extra,
         "num_classes": int(logits.shape[1]),
         "checkpoint_step": step,
         "weights": weights,
@@ -327,7 +395,8 @@ def calibration_for(run_dir: str | Path, step: Any, weights: str = "raw") -> tup
 def describe(record: dict[str, Any], step: Any) -> str:
     if record.get("method") in REGRESSION_METHODS:
         return (f"sigma scaling s = {float(record['sigma_scale']):.4g} (fitted on the val PIT for checkpoint {step})")
-    prior = " after undoing the class weighting" if record.get("method") == "prior_temperature" else ""
+    prior = {"prior_temperature": " after undoing the class weighting",
+             "balanced_offsets": " with class offsets, fitted to the class-balanced log-loss"}.get(record.get("method"), "")
     return f"temperature scaling T = {float(record['temperature']):.4g}{prior} (fitted on val for checkpoint {step})"
 
 

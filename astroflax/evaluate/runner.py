@@ -88,7 +88,8 @@ def evaluate_run(
         elif record is not None:  # None: the validation split has no labels
             outputs = cal.apply_calibration(raw, record)
             method = record.get("method", "temperature")
-            label = "temperature scaling" if method == "temperature" else "prior correction + temperature"
+            label = {"temperature": "temperature scaling", "prior_temperature": "prior correction + temperature",
+                     "balanced_offsets": "class offsets + temperature"}.get(method, method)
             methods[f"{base_name} + {label}"] = unc.judge(run, outputs, arrays)
             raw_probs, probs = task.class_probs(raw, info), task.class_probs(outputs, info)
             before_fig = plots.plot_reliability_diagram(

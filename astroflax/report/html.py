@@ -29,6 +29,8 @@ REPORT_DIR = "report"
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 _SKIP_HEADLINE = {"json_path", "task_kind", "declared_targets", "task", "split", "checkpoint_step", "figures", "per_class", "auc_ovr",
                   "confusion_matrix", "class_names", "calibration", "uncertainty"}
+_CALIBRATION_NAMES = {"prior_temperature": "Class-prior correction then temperature scaling",
+                      "balanced_offsets": "Temperature scaling with a logit offset per class (class-balanced log-loss)"}
 _PREFERRED = ["accuracy", "log_loss", "flat_weighted_log_loss", "ece", "loss"]
 # What a regressor's sigma scaling is judged by (astroflax.evaluate.calibration.interval_metrics).
 _INTERVALS = ["coverage_68", "coverage_95", "pit_cvm", "pit_ks", "nll", "crps", "median_sigma"]
@@ -257,7 +259,7 @@ def _calibration_section(run_dir: Path, evals: list[tuple[str, dict]]) -> str:
         parts.append("<h3>Validation split (fit)</h3>" + _calibration_table(rec.get("val_before", {}), rec.get("val_after", {})))
     elif rec:
         parts.append(
-            f"<p>{'Class-prior correction then temperature scaling' if rec.get('method') == 'prior_temperature' else 'Temperature scaling'}: "
+            f"<p>{_CALIBRATION_NAMES.get(rec.get('method'), 'Temperature scaling')}: "
             f"<b>T = {esc(fmt(rec.get('temperature')))}</b>, fitted on the "
             f"{esc(rec.get('fitted_on', 'val'))} split ({esc(fmt(rec.get('n')))} examples) for checkpoint "
             f"{esc(rec.get('checkpoint_step'))}. ECE uses {esc(rec.get('n_bins', 15))} bins.</p>"
