@@ -18,7 +18,8 @@ field sources are added there as closed-form Gaussian transforms, and one invers
 gives the image on a 2x finer grid, summed into pixels (flux is kept exactly). Random parameters
 are drawn up front with numpy, so the pixels follow from the seed. Images are float32
 ``(N, H, W, 3)`` in nanomaggies (zero point 22.5) per pixel, bands g, r, i.
-:func:`survey_display` turns them into JPEG colour composites like the cutout services'.
+:func:`survey_display` turns them into the colour composites Galaxy Zoo showed (DECaLS's
+stretch, or SDSS-style Lupton JPEGs).
 :func:`rendered_splits` makes the ``morphology`` training, validation and test sets and keeps
 them in the disk cache (:func:`astroflax.data.cache.cached_arrays`): the full preset's set
 takes a few minutes to render.
@@ -235,8 +236,9 @@ def render_galaxies(
     re_bulge = np.where(labels == 0, h * rng.uniform(1.0, 1.8, n), re_bulge)  # ellipticals: Re ~ 1.7 h
     # Framing: cutout services scale each cutout to the galaxy. Galaxy Zoo DECaLS asked for a pixel
     # scale of max(min(0.04 R50, 0.02 R90), 0.1 arcsec) over 424 px (github.com/zooniverse/decals,
-    # NSA Petrosian radii), so the side is 17 Petrosian R50 for all but the most concentrated or
-    # smallest galaxies: R50 = 0.059 of the side whatever the class. Rescale every galaxy so that
+    # NSA Petrosian radii), so the side is 17 Petrosian R50 (0.04 R50 is the smaller whenever R90/R50 > 2,
+    # as for every real profile) except for galaxies small enough to hit the 0.1 arcsec floor:
+    # R50 = 0.059 of the side whatever the class. Rescale every galaxy so that
     # its approximate, light-weighted Petrosian R50 is drawn from one range for all classes (a
     # Petrosian R50 is ~0.7 Re for a de Vaucouleurs profile, 1.0 for an exponential; linear in n).
     petro = 1.0 - 0.1 * (n_s - 1)
@@ -301,7 +303,7 @@ def render_galaxies(
     b_mag = _power_law_mags(field_rng, np.full(n, 18.5), np.full(n, cfg.depth + 0.5), 0.35, (n, mg))
     b_xy = field_rng.uniform(-0.5, 0.5, (n, mg, 2)) * size
     b_hlr = field_rng.uniform(0.5, 1.6, (n, mg)) * 10 ** (-0.1 * (b_mag - 20)) * px
-    b_n = field_rng.uniform(0.8, 4.0, (n, mg))
+    field_rng.uniform(0.8, 4.0, (n, mg))  # unused Sersic indices: kept so that the shipped model's pixels reproduce
     b_q = field_rng.uniform(0.3, 1.0, (n, mg))
     b_pa = field_rng.uniform(0, np.pi, (n, mg))
     b_col = _colour_ratios(field_rng.uniform(0.3, 1.6, (n, mg)), field_rng.uniform(0.1, 0.8, (n, mg)))
