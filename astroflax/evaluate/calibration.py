@@ -12,6 +12,11 @@ fitted for; ``evaluate`` and ``predict`` apply it only to that same checkpoint.
 Temperature scaling cannot fix miscalibration that comes from a class-weighted loss (e.g.
 ``class_weighting: balanced``, which shifts probability towards rare classes): method
 ``prior_temperature`` first undoes the weighting (logit offsets ``-log w_c``), then fits ``T``.
+A model judged by a class-balanced metric (PLAsTiCC's flat-weighted log-loss) can instead be
+calibrated in that space: ``balanced_offsets`` fits ``T`` and one logit offset per class to the
+class-balanced NLL. Measured on transients quick runs (README): flat-weighted log-loss 0.823 ->
+0.758 and 0.911 -> 0.868 on test against temperature scaling, while the sample-weighted ECE got
+worse (0.063 -> 0.092, 0.052 -> 0.065): the two ask for different class priors.
 
 Regressors with a Gaussian-mixture output (photoz) get the analogue for intervals, method
 ``sigma_scale``: every component sigma is multiplied by one ``s > 0`` fitted on validation so

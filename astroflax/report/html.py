@@ -305,7 +305,7 @@ def _eval_section(run_dir: Path, split: str, rep: dict[str, Any]) -> str:
         cols = _metric_columns(list(groups.values()))
         parts.append(f"<h4>{esc(key)}</h4>" + table([key, *cols], [[g, *[v.get(c) for c in cols]]
                                                                    for g, v in groups.items()]))
-    for key, value in rep.items():  # e.g. galaxy_zoo_smoke: its figures, then a row per real cutout
+    for key, value in rep.items():  # e.g. galaxy_zoo_smoke: its scalars, then a row per real cutout
         rows_by_list = _row_lists(value) if key not in _SKIP_HEADLINE else {}
         if rows_by_list:
             scalars = [[k, v] for k, v in value.items() if _is_scalar(v)]

@@ -74,7 +74,7 @@ class MorphologyData(Section):
         "mixed", description="PSF profile (GalSim); mixed = Moffat or Kolmogorov, half each")
     psf_fwhm_min: float = Field(0.5, gt=0, description="smallest PSF FWHM, in pixels at image_size 64 (scaled with size)")
     psf_fwhm_max: float = Field(1.2, gt=0, description="largest PSF FWHM, in pixels at image_size 64 (scaled with size); "
-                                "Galaxy Zoo DECaLS cutouts are framed on the galaxy, so 1-1.6 arcsec seeing is 0.4-1.5 px at 64")
+                                "0.5-1.2 matches, by eye, the stars in the bundled Galaxy Zoo cutouts shrunk to 64 px")
     depth: float = Field(23.5, description="deepest 5-sigma point-source depth (r mag, zero point 22.5); g 0.6 mag deeper, i 0.5 shallower (DECaLS-like)")
     depth_spread: float = Field(0.5, ge=0, description="each image's depth is uniform in [depth - depth_spread, depth]")
     mag_min: float = Field(13.0, description="brightest total r magnitude")
@@ -89,7 +89,7 @@ class MorphologyData(Section):
     )
     background_galaxies: float = Field(
         12.0, ge=0, le=40, description="mean number of faint background galaxies per image (Poisson, r 18.5 to depth + 0.5, "
-        "steep number counts): real cutouts are full of them and a model that never saw any calls them knots")
+        "steep number counts): real cutouts are full of them")
     softening: float = Field(0.1, gt=0, le=10, description="asinh softening of the per-image stretch (relative to the core)")
     softening_jitter: float = Field(
         0.7, ge=0, le=3, description="training images use softening * exp(U(-j, j)) so the model tolerates other stretches (e.g. survey PNGs)"
