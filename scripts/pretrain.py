@@ -61,6 +61,16 @@ CARDS = {
                    "MNIST (docs/benchmarks.md)"],
         "metrics": ["elbo", "log_likelihood_iwae", "conditional_accuracy"],
     },
+    "transients": {
+        "data": "the PLAsTiCC training set (7,848 simulated LSST light curves in ugrizy, 14 classes, with host "
+                "redshifts), split 70/10/20 stratified by class",
+        "licence": "PLAsTiCC team (2018), arXiv:1810.00001, CC BY 4.0, as distributed in snmachine 2.0.0 (BSD-3-Clause); "
+                   "astroflax/data/files/PROVENANCE_plasticc.md",
+        "limits": ["trained and tested on the PLAsTiCC training set, which is brighter and nearer than the PLAsTiCC "
+                   "test set (or real LSST alerts): expect worse figures on those (docs/benchmarks.md)",
+                   "LSST ugrizy fluxes in FLUXCAL units with host photo-z; other surveys need fine-tuning"],
+        "metrics": ["flat_weighted_log_loss", "auc_SN Ia", "accuracy", "ece", "calibration.before.ece"],
+    },
     "variables": {
         "data": "light curves simulated for 8 classes from real RR Lyrae templates (Sesar et al. 2010) and "
                 "literature period and amplitude distributions; 7 real ASAS and 10 MACHO curves as a smoke test",
