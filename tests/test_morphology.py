@@ -413,7 +413,8 @@ def test_survey_display_is_stretched_quantised_and_nearly_grey_noise():
 def test_decals_display_matches_the_bundled_cutouts_sky_and_cores():
     """Galaxy Zoo DECaLS's stretch on rendered galaxies at the default depth and brightness: the sky
     sits at the dark grey of the real bundled cutouts (their black point is -0.5 x the band scale),
-    cores saturate, and an image 4x brighter is displayed brighter, not rescaled to look the same."""
+    cores come near the real cutouts' peak, and an image 4x brighter is displayed brighter, not rescaled
+    to look the same."""
     gz = im.load_galaxy_zoo_smoke()
     real = np.stack([im.to_model_size(a.astype(np.float32), 64, 1.0) for a in gz["image_rgb"][:12]])
     real_sky = np.median(real.reshape(12, -1, 3), axis=1).mean()
