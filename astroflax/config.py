@@ -191,6 +191,9 @@ class TrainConfig(_Strict):
     eval_every: int = Field(200, ge=1, description="steps between validation passes")
     log_every: int = Field(50, ge=1, description="steps between metric fetches/logs")
     seed: int = Field(0, description="seeds init, shuffling and dropout")
+    dropout_masks: Literal["hash", "threefry"] = Field(
+        "hash", description="how dropout masks are drawn: a keyed counter hash (fast), or jax.random's threefry, "
+        "as every run recorded before December 2026 did (to reproduce those figures; astroflax/models/dropout.py)")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     nonfinite: NonFiniteConfig = Field(default_factory=NonFiniteConfig, description="divergence policy")
     progress: bool = Field(True, description="show a progress bar on a terminal")

@@ -54,7 +54,7 @@ def build_step(overrides: list[str]):
     c = build_components(cfg)
     train = c.task.device_arrays(c.dataset.split("train"))
     mesh, state = c.mesh, c.state
-    step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim)
+    step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim, cfg.train.dropout_masks)
     stream = TrainStream(train, cfg.train.batch_size, seed=0, version=c.dataset.version)
     batches = [shard_batch(next(stream), mesh) for _ in range(8)]
     acc0 = init_accumulator([])

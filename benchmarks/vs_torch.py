@@ -129,7 +129,7 @@ def jax_worker(model: str, proto: TextIO) -> None:
         c = build_components(cfg)
         arrays = c.task.device_arrays(c.dataset.split("train"))
         mesh, state = c.mesh, c.state
-        step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim)  # as the training loop does
+        step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim, cfg.train.dropout_masks)  # as the training loop does
         stream = TrainStream(arrays, cfg.train.batch_size, 0, c.dataset.version)
         example = shard_batch(next(stream), mesh)
         acc = jax.eval_shape(step, state, init_accumulator([]), example)[1]

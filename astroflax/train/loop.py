@@ -189,7 +189,7 @@ class _Run:
         cfg, c = self.cfg, self.c
         if self.primary:
             (self.run_dir / "data_info.json").write_text(json.dumps(json_safe(c.info), indent=1))
-        step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim)
+        step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim, cfg.train.dropout_masks)
         if param_sharding(cfg) == "fsdp":
             # Pinned, so that every step keeps the state split (propagation alone may gather it).
             shardings = jax.tree.map(lambda x: x.sharding, self.state)

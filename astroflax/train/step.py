@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from astroflax.config import OptimConfig
+from astroflax.models.dropout import MaskGenerator, mask_generator
 from astroflax.tasks.base import Batch, LossFn
 from astroflax.train.state import TrainState
 
@@ -25,13 +26,14 @@ def make_train_step(
     loss_fn: LossFn,
     schedule: optax.Schedule,
     optim: OptimConfig | None = None,
+    dropout_masks: MaskGenerator = "hash",
 ) -> Callable[[TrainState, dict, Batch], tuple[TrainState, dict]]:
     """Returns ``step(state, acc, batch) -> (state, acc)``; ``acc`` sums metrics on device.
 
     ``optim`` switches on the recipes that act on the loss rather than on the gradients:
     compute precision (and float16 loss scaling), L2 / gradient-norm penalties and label
     smoothing (passed to the task as ``batch["_label_smoothing"]``). ``tx`` must come from
-    ``build_optimizer`` with the same ``optim``.
+    ``build_optimizer`` with the same ``optim``. ``dropout_masks`` is ``train.dropout_masks``.
     """
     from astroflax.train.optim import actual_lr, decay_mask_fn
     from astroflax.train.precision import all_finite, compute_dtype, set_compute_dtype
@@ -58,7 +60,8 @@ def make_train_step(
             model = nnx.merge(graphdef, params, state.model_state, copy=True)
             if dtype is not None:
                 set_compute_dtype(model, dtype)
-            loss, aux = loss_fn(model, step_batch, rng, True)
+            with mask_generator(dropout_masks):
+                loss, aux = loss_fn(model, step_batch, rng, True)
             _, _, new_model_state = nnx.split(model, nnx.Param, ...)
             # Batch statistics keep their stored dtype whatever the compute dtype.
             new_model_state = jax.tree.map(lambda n, o: n.astype(o.dtype), new_model_state, state.model_state)
