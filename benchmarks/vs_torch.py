@@ -118,7 +118,7 @@ def jax_worker(model: str, proto: TextIO) -> None:
     from astroflax.data.pipeline import TrainStream
     from astroflax.train.components import build_components
     from astroflax.train.sharding import replicate, shard_batch
-    from astroflax.train.step import init_accumulator, make_train_step
+    from astroflax.train.step import FlatStep, init_accumulator, make_train_step
 
     task, preset, _, _ = MODELS[model]
     live: dict[str, Any] = {}
@@ -134,12 +134,12 @@ def jax_worker(model: str, proto: TextIO) -> None:
         example = shard_batch(next(stream), mesh)
         acc = jax.eval_shape(step, state, init_accumulator([]), example)[1]
         acc = replicate(init_accumulator([k for k in acc if k != "count"]), mesh)
-        jstep = jax.jit(step, donate_argnums=(0, 1))
+        jstep = FlatStep(step, state)  # as the training loop does: the state as a flat list of arrays
         pool = [next(stream) for _ in range(POOL_BATCHES)]
         # The same pool of batches as the torch worker, already on the device: the step against
         # the step. (Reading each batch through TrainStream on the one pinned core as well cost
         # 5.8 ms of photoz's 8.2 ms a step here: that is the loop's overhead, not the step's.)
-        live.update(state=state, acc=acc, jstep=jstep, batches=[shard_batch(b, mesh) for b in pool], i=0)
+        live.update(state=jstep.flatten(state), acc=acc, jstep=jstep, batches=[shard_batch(b, mesh) for b in pool], i=0)
         run(msg["warmup"])  # compile + warm up
         np.savez(msg["pool"], **{f"{i}/{k}": v for i, b in enumerate(pool) for k, v in b.items()})
         sched = cfg.schedule

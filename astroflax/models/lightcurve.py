@@ -40,6 +40,7 @@ from pydantic import Field
 
 from astroflax.errors import ConfigError
 from astroflax.models.dropout import DropoutKeys, dropout
+from astroflax.models.layernorm import LayerNorm
 from astroflax.tasks.base import Section
 
 __all__ = ["TimeEncoding", "LightCurveEncoder", "TransientClassifier", "LightCurveModelConfig", "build_classifier"]
@@ -232,9 +233,9 @@ class _EncoderLayer(nnx.Module):
 
     def __init__(self, d_model: int, num_heads: int, mlp_ratio: int, dropout: float, *, block: int = 0,
                  rngs: nnx.Rngs):
-        self.ln_attn = nnx.LayerNorm(d_model, rngs=rngs)
+        self.ln_attn = LayerNorm(d_model, rngs=rngs)
         self.attn = SelfAttention(num_heads, d_model, block=block, rngs=rngs)
-        self.ln_mlp = nnx.LayerNorm(d_model, rngs=rngs)
+        self.ln_mlp = LayerNorm(d_model, rngs=rngs)
         self.fc1 = _linear(d_model, d_model * mlp_ratio, rngs)
         self.fc2 = _linear(d_model * mlp_ratio, d_model, rngs)
         self.drop = nnx.Dropout(dropout)
@@ -262,12 +263,12 @@ class _InducedEncoderLayer(nnx.Module):
         self, d_model: int, num_heads: int, mlp_ratio: int, dropout: float, num_inducing: int, *, rngs: nnx.Rngs
     ):
         self.inducing = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_inducing, d_model), jnp.float32))
-        self.ln_ind = nnx.LayerNorm(d_model, rngs=rngs)
-        self.ln_x = nnx.LayerNorm(d_model, rngs=rngs)
+        self.ln_ind = LayerNorm(d_model, rngs=rngs)
+        self.ln_x = LayerNorm(d_model, rngs=rngs)
         self.attn_in = _mha(num_heads, d_model, rngs)
-        self.ln_lat = nnx.LayerNorm(d_model, rngs=rngs)
+        self.ln_lat = LayerNorm(d_model, rngs=rngs)
         self.attn_out = _mha(num_heads, d_model, rngs)
-        self.ln_mlp = nnx.LayerNorm(d_model, rngs=rngs)
+        self.ln_mlp = LayerNorm(d_model, rngs=rngs)
         self.fc1 = _linear(d_model, d_model * mlp_ratio, rngs)
         self.fc2 = _linear(d_model * mlp_ratio, d_model, rngs)
         self.drop = nnx.Dropout(dropout)
@@ -354,9 +355,9 @@ class LightCurveEncoder(nnx.Module):
             raise ValueError(f"attention must be 'full' or 'induced', got {attention!r}")
         self.attention = attention
         self.layers = nnx.List([make() for _ in range(num_layers)])
-        self.ln_pool = nnx.LayerNorm(d_model, rngs=rngs)
+        self.ln_pool = LayerNorm(d_model, rngs=rngs)
         self.pool_score = _linear(d_model, 1, rngs)
-        self.ln_out = nnx.LayerNorm(d_model, rngs=rngs)
+        self.ln_out = LayerNorm(d_model, rngs=rngs)
 
     # ------------------------------------------------------------------ inputs
     def _clean_inputs(self, batch: Batch):

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from astroflax.models.dropout import dropout, site_key
+from astroflax.models.layernorm import LayerNorm
 
 __all__ = ["MLP", "GaussianHead", "MixtureHead", "MLPRegressor", "ACTIVATIONS"]
 
@@ -50,7 +51,7 @@ class MLP(nnx.Module):
         self.dropout = float(dropout)
         self.out_features = sizes[-1]
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
-        self.norms = nnx.List([nnx.LayerNorm(b, rngs=rngs) for b in sizes[1:]]) if layer_norm else None
+        self.norms = nnx.List([LayerNorm(b, rngs=rngs) for b in sizes[1:]]) if layer_norm else None
         self.drop = nnx.Dropout(self.dropout)
 
     def __call__(self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None) -> jax.Array:

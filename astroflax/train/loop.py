@@ -43,8 +43,9 @@ from astroflax.train.predict import predict_arrays
 from astroflax.train.progress import TrainProgress
 from astroflax.train.sharding import param_sharding, place_like, process_rows, replicate, shard_batch
 from astroflax.train.signals import GracefulStop, preemption_service
-from astroflax.train.state import count_params
+from astroflax.train.state import TrainState, count_params
 from astroflax.train.step import (
+    FlatStep,
     init_accumulator,
     make_predict_step,
     make_train_step,
@@ -163,12 +164,23 @@ class _Run:
                                   process_index=jax.process_index(), process_count=jax.process_count())
         self.ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
         self.stopper = EarlyStopping(cfg.train.early_stopping)
-        self.state, self.step = c.state, 0
+        self.flat: FlatStep | None = None  # set by compile(); until then the state is held whole
+        self._state, self.step = c.state, 0
         self.saver = SavePolicy(cfg.checkpoint.every, self.save)
         self.train_loss, self.last_val = float("nan"), {}
         self.stopped_by: str | None = None
         self.first_step_time: float | None = None
         self.bounded_dispatch = len(c.mesh.local_devices) > 1
+
+    # The hot loop holds the state as FlatStep's list of arrays; the TrainState is rebuilt
+    # where it is read (logging, evaluation, checkpoints, rollbacks).
+    @property
+    def state(self) -> TrainState:
+        return self.flat.unflatten(self._state) if self.flat is not None else self._state
+
+    @state.setter
+    def state(self, state: TrainState) -> None:
+        self._state = self.flat.flatten(state) if self.flat is not None else state
 
     # ------------------------------------------------------------------ start
     def restore_latest(self) -> None:
@@ -190,13 +202,13 @@ class _Run:
         if self.primary:
             (self.run_dir / "data_info.json").write_text(json.dumps(json_safe(c.info), indent=1))
         step = make_train_step(c.graphdef, c.tx, c.loss_fn, c.schedule, cfg.optim, cfg.train.dropout_masks)
+        out_shardings = None
         if param_sharding(cfg) == "fsdp":
             # Pinned, so that every step keeps the state split (propagation alone may gather it).
-            shardings = jax.tree.map(lambda x: x.sharding, self.state)
-            acc_sharding = NamedSharding(c.mesh, PartitionSpec())
-            self.jit_step = jax.jit(step, donate_argnums=(0, 1), out_shardings=(shardings, acc_sharding))
-        else:
-            self.jit_step = jax.jit(step, donate_argnums=(0, 1))
+            out_shardings = (jax.tree.map(lambda x: x.sharding, self.state), NamedSharding(c.mesh, PartitionSpec()))
+        state = self.state
+        self.flat = FlatStep(step, state, out_shardings)
+        self.state = state
         self.predict = jax.jit(make_predict_step(c.graphdef, c.predict_fn))
         self.score = c.task.scorer(cfg, c.info)
         example = first_rows(self.train_arrays, cfg.train.batch_size)
@@ -227,7 +239,7 @@ class _Run:
 
     # ---------------------------------------------------------------- a step
     def train_step(self, t_start: float) -> None:
-        self.state, self.acc = self.jit_step(self.state, self.acc, shard_batch(next(self.stream), self.c.mesh))
+        self._state, self.acc = self.flat(self._state, self.acc, shard_batch(next(self.stream), self.c.mesh))
         self.step += 1
         if self.first_step_time is None:
             jax.block_until_ready(self.acc)

@@ -21,6 +21,7 @@ the guard handles SIGINT only, and a first Ctrl-C is handed on to that service a
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -101,6 +102,10 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     if _Received.signum == signal.SIGINT and signum == signal.SIGINT:
         if defer_while_importing(frame):
             return
+        # The exception may surface inside a library that logs what it catches before re-raising
+        # (Orbax's wait_until_finished logs a traceback through absl): the user asked to abort,
+        # the CLI prints one line, so those libraries' error logs are silenced from here on.
+        logging.getLogger("absl").disabled = True
         raise InterruptedTwice
     if _Received.signum is None:
         _Received.signum = signum

@@ -137,6 +137,44 @@ def make_train_step(
     return step
 
 
+class FlatStep:
+    """A train step jitted on the state's flat list of arrays rather than on the TrainState.
+
+    Why: a TrainState holds NNX ``Variable`` nodes, and jit flattens its arguments and rebuilds
+    its outputs in Python on every call (219 ``Variable`` rebuilds a step for transients quick);
+    a list of arrays is flattened in C++. The photoz quick step (0.65 ms of compute and dispatch
+    on one core) went from 0.64 to 0.51 ms. The loop keeps the leaves and rebuilds the TrainState
+    only where it is read (logging, evaluation, checkpoints).
+    """
+
+    def __init__(self, step: Callable[[TrainState, dict, Batch], tuple[TrainState, dict]], like: TrainState,
+                 out_shardings: tuple[Any, Any] | None = None):
+        self.treedef = jax.tree.structure(like)
+
+        def flat(leaves: list, acc: dict, batch: Batch) -> tuple[list, dict]:
+            state, acc = step(jax.tree.unflatten(self.treedef, leaves), acc, batch)
+            if jax.tree.structure(state) != self.treedef:
+                raise AssertionError(f"the train step changed the state's structure: {jax.tree.structure(state)}")
+            return jax.tree.leaves(state), acc
+
+        kwargs = {}
+        if out_shardings is not None:
+            kwargs["out_shardings"] = (jax.tree.leaves(out_shardings[0]), out_shardings[1])
+        self._jit = jax.jit(flat, donate_argnums=(0, 1), **kwargs)
+
+    def flatten(self, state: TrainState) -> list:
+        leaves, treedef = jax.tree.flatten(state)
+        if treedef != self.treedef:
+            raise ValueError(f"a state of another structure: {treedef}")
+        return leaves
+
+    def unflatten(self, leaves: list) -> TrainState:
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def __call__(self, leaves: list, acc: dict, batch: Batch) -> tuple[list, dict]:
+        return self._jit(leaves, acc, batch)
+
+
 # How the on-device accumulator turns into logged values: most metrics are means over the
 # steps since the last log; these are the value at the logged step, or a count of steps.
 LAST_VALUE_METRICS = ("lr", "loss_scale")
