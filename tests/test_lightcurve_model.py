@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from astroflax.models.lightcurve import (LightCurveEncoder, SelfAttention, TimeEncoding, TransientClassifier,
+from astroflax.models.lightcurve import (LightCurveEncoder, SelfAttention, cross_attention, TimeEncoding, TransientClassifier,
                                          blockwise_attention, dense_attention, key_padding_bias)
 
 NUM_CLASSES = 5
@@ -270,6 +270,35 @@ def test_fused_self_attention_equals_flax_attention_with_a_boolean_mask():
     np.testing.assert_allclose(g_ours, g_flax, rtol=1e-4, atol=1e-5)
     assert sum(p.size for p in jax.tree.leaves(nnx.state(ours, nnx.Param))) == \
         sum(p.size for p in jax.tree.leaves(nnx.state(flax_mha, nnx.Param)))
+
+
+def test_induced_cross_attention_equals_flax_attention_on_its_own_parameters():
+    """cross_attention (fused K/V, additive bias) computes what nnx.MultiHeadAttention computes
+    from the same module's parameters: latents over masked observations (a fully padded row
+    included) and observations over latents, values and gradients (inputs and parameters)."""
+    d, heads = 24, 4
+    mha = nnx.MultiHeadAttention(num_heads=heads, in_features=d, decode=False, keep_rngs=False, rngs=nnx.Rngs(2))
+    for i, lin in enumerate((mha.query, mha.key, mha.value, mha.out)):
+        lin.bias[...] = 0.2 * jax.random.normal(jax.random.fold_in(KEY0, i), lin.bias.shape)
+    lat = jax.random.normal(jax.random.key(5), (3, 6, d))
+    obs = jax.random.normal(jax.random.key(6), (3, 11, d))
+    mask = jnp.asarray(np.arange(11)[None, :] < np.array([11, 4, 0])[:, None])
+    cases = [
+        (lat, obs, lambda m, q, kv: cross_attention(m, q, kv, key_padding_bias(mask)),
+         lambda m, q, kv: m(q, kv, mask=mask[:, None, None, :], deterministic=True)),
+        (obs, lat, lambda m, q, kv: cross_attention(m, q, kv, None),
+         lambda m, q, kv: m(q, kv, deterministic=True)),
+    ]
+    for q, kv, ours, theirs in cases:
+        np.testing.assert_allclose(ours(mha, q, kv), theirs(mha, q, kv), rtol=2e-5, atol=2e-6)
+
+        def loss(f):
+            return lambda m, q, kv: jnp.sum(jnp.sin(f(m, q, kv)))
+
+        g_ours = nnx.grad(loss(ours), argnums=(0, 1, 2))(mha, q, kv)
+        g_flax = nnx.grad(loss(theirs), argnums=(0, 1, 2))(mha, q, kv)
+        for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_flax)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_full_self_attention_variant_padding_invariant():

@@ -200,6 +200,41 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
     return acc / total.swapaxes(1, 2)[..., None]
 
 
+def cross_attention(mha: nnx.MultiHeadAttention, xq: jax.Array, xkv: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """``mha(xq, xkv, mask=...)`` computed from ``mha``'s own parameters, its key and value
+    projections fused into one matmul, the mask as :func:`key_padding_bias`'s additive bias
+    (None: every key valid) and :func:`dense_attention` instead of flax's attention.
+
+    Why: flax's attention (a vmap over a boolean ``where`` on the logits) left the softmax's
+    backward fused into skinny batched matmuls, the largest kernels of the induced step. The
+    parameters (paths ``query``/``key``/``value``/``out``) stay flax's, so checkpoints and the
+    shipped variables model load unchanged. Transients quick step, one pinned core: see README
+    "Speed".
+    """
+    b, nq, d = xq.shape
+    h = mha.num_heads
+    dh = d // h
+
+    def kernel(lin: nnx.LinearGeneral) -> jax.Array:
+        return lin.kernel[...].reshape(d, h * dh)
+
+    q = (xq.reshape(-1, d) @ kernel(mha.query) + mha.query.bias[...].reshape(-1)) * dh**-0.5
+    kv_kernel = jnp.concatenate([kernel(mha.key), kernel(mha.value)], axis=1)
+    kv_bias = jnp.concatenate([mha.key.bias[...].reshape(-1), mha.value.bias[...].reshape(-1)])
+    k, v = jnp.split((xkv.reshape(-1, d) @ kv_kernel + kv_bias).reshape(b, -1, 2, h, dh), 2, axis=2)
+    q, k, v = q.reshape(b, nq, h, dh), k[:, :, 0], v[:, :, 0]
+    if bias is not None:
+        # A row without valid keys: zero queries give flax's uniform weights, and, as flax's
+        # `where` does, no gradient to its logits (the bias alone would pass one).
+        q = q * jnp.any(bias == 0, axis=-1).reshape(b, 1, 1, 1)
+    if bias is None:
+        w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
+        o = jnp.einsum("bhqk,bkhd->bqhd", w, v)
+    else:
+        o = dense_attention(q, k, v, bias)
+    return (o.reshape(-1, h * dh) @ mha.out.kernel[...].reshape(h * dh, d) + mha.out.bias[...]).reshape(b, nq, d)
+
+
 class SelfAttention(nnx.Module):
     """Multi-head self-attention with one fused QKV projection and an additive key bias.
 
@@ -273,16 +308,15 @@ class _InducedEncoderLayer(nnx.Module):
         self.fc2 = _linear(d_model * mlp_ratio, d_model, rngs)
         self.drop = nnx.Dropout(dropout)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, keys: DropoutKeys, bias: None = None) -> jax.Array:
-        # ``bias`` is unused (flax's attention takes the boolean mask): the call matches the full layer's.
+    def __call__(self, x: jax.Array, mask: jax.Array, keys: DropoutKeys, bias: jax.Array) -> jax.Array:
         m = mask[..., None]
         ind = jnp.broadcast_to(self.inducing[...], (x.shape[0],) + self.inducing.shape)
-        # latents <- valid observations (key-padding mask (B, 1, 1, L)); a fully
-        # padded row gets uniform finite weights (flax masks with finfo.min).
+        # latents <- valid observations (bias = key_padding_bias(mask), (B, 1, 1, L)); a fully
+        # padded row gets uniform finite weights, as with flax's masking.
         xn = self.ln_x(x)  # one pre-LN of the tokens, shared by both attentions
-        lat = ind + self.attn_in(self.ln_ind(ind), xn, mask=mask[:, None, None, :], deterministic=True)
+        lat = ind + cross_attention(self.attn_in, self.ln_ind(ind), xn, bias)
         # observations <- latents (latents are always valid: no mask needed)
-        h = self.attn_out(xn, self.ln_lat(lat), deterministic=True)
+        h = cross_attention(self.attn_out, xn, self.ln_lat(lat), None)
         x = x + dropout(self.drop, h, keys())
         h = self.fc2(jax.nn.gelu(self.fc1(self.ln_mlp(x))))
         x = x + dropout(self.drop, h, keys())
@@ -414,7 +448,7 @@ class LightCurveEncoder(nnx.Module):
         x = self.value_proj(vals) + self.band_embed(band) + self.time_enc(time)
         x = dropout(self.embed_drop, x, keys())
         x = jnp.where(m, x, 0.0)
-        bias = key_padding_bias(mask) if self.attention == "full" else None
+        bias = key_padding_bias(mask)  # once per batch, shared by every layer
         for layer in self.layers:
             x = layer(x, mask, keys.sub(), bias)
         return x, mask
