@@ -15,7 +15,13 @@ cores 212 -> 124 ms; full preset on one core 853 -> 717 ms. Alternatives tried: 
 preloaded (a Debian package, not something pip can give every user) 293 ms with its defaults,
 147 ms with page purging off; glibc with one arena, no mmap and no trimming 160 ms on quick but
 745 ms on full and +29% peak RSS on two cores; large mmap/trim thresholds alone 292 ms (blocks
-above 32 MiB are always mmap'd). ``benchmarks/vs_torch.py --allocator default`` re-measures it.
+above 32 MiB are always mmap'd). Later (December 2026, step bench of tests' size, one run each):
+adding ``arena_max=1:mmap_max=0:trim_threshold=4294967295`` to hugetlb removes the faults
+(XLA runs a step on a worker thread, whose arena falls back to mmap for blocks over 64 MiB
+whatever ``mmap_max`` says, so one arena is needed): full preset 238 -> 206 ms on one core and
+169 -> 149 ms on two, but quick 60 -> 57 ms on one core and 41 -> 43 ms on two, the CNN 26.5 ->
+27.5 ms, and peak RSS +5% to +36%; not adopted. ``benchmarks/vs_torch.py --allocator default``
+re-measures it.
 
 Kept out of :func:`astroflax.cli.main`, which tests and notebooks call in-process, where
 re-executing would replace the caller. Set ``ASTROFLAX_ALLOCATOR=default`` to keep glibc's defaults;
