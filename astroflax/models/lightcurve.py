@@ -223,14 +223,13 @@ def cross_attention(mha: nnx.MultiHeadAttention, xq: jax.Array, xkv: jax.Array, 
     kv_bias = jnp.concatenate([mha.key.bias[...].reshape(-1), mha.value.bias[...].reshape(-1)])
     k, v = jnp.split((xkv.reshape(-1, d) @ kv_kernel + kv_bias).reshape(b, -1, 2, h, dh), 2, axis=2)
     q, k, v = q.reshape(b, nq, h, dh), k[:, :, 0], v[:, :, 0]
-    if bias is not None:
-        # A row without valid keys: zero queries give flax's uniform weights, and, as flax's
-        # `where` does, no gradient to its logits (the bias alone would pass one).
-        q = q * jnp.any(bias == 0, axis=-1).reshape(b, 1, 1, 1)
     if bias is None:
         w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
         o = jnp.einsum("bhqk,bkhd->bqhd", w, v)
     else:
+        # A row without valid keys: zero queries give flax's uniform weights, and, as flax's
+        # `where` does, no gradient to its logits (the bias alone would pass one).
+        q = q * jnp.any(bias == 0, axis=-1).reshape(b, 1, 1, 1)
         o = dense_attention(q, k, v, bias)
     return (o.reshape(-1, h * dh) @ mha.out.kernel[...].reshape(h * dh, d) + mha.out.bias[...]).reshape(b, nq, d)
 

@@ -96,6 +96,7 @@ class _Received:
     depth: int = 0
     in_loop: int = 0  # how many active instances are training loops (the rest are start-up guards)
     loops_entered: int = 0  # training loops entered since the outermost instance was
+    silenced: bool = False  # absl's log silenced by a second Ctrl-C (see _handle)
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
@@ -104,8 +105,9 @@ def _handle(signum: int, frame: FrameType | None) -> None:
             return
         # The exception may surface inside a library that logs what it catches before re-raising
         # (Orbax's wait_until_finished logs a traceback through absl): the user asked to abort,
-        # the CLI prints one line, so those libraries' error logs are silenced from here on.
-        logging.getLogger("absl").disabled = True
+        # the CLI prints one line, so those libraries' error logs are silenced until the
+        # outermost GracefulStop exits (a notebook gets them back).
+        logging.getLogger("absl").disabled = _Received.silenced = True
         raise InterruptedTwice
     if _Received.signum is None:
         _Received.signum = signum
@@ -175,6 +177,8 @@ class GracefulStop:
         _Received.depth -= 1
         _Received.in_loop -= 0 if self.startup else 1
         self._active = False
+        if _Received.depth == 0 and _Received.silenced:
+            logging.getLogger("absl").disabled = _Received.silenced = False
 
     @property
     def name(self) -> str:

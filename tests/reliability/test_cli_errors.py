@@ -223,6 +223,30 @@ def test_double_ctrl_c_exits_at_once_with_a_message(tmp_path):
     assert "Finished at step" not in err and steps_on_disk(run_dir) in ([], [0], [1])
 
 
+def test_a_second_ctrl_c_silences_library_error_logs_until_the_guard_exits():
+    """The second SIGINT may land inside Orbax's wait, which logs what it catches (a traceback)
+    through absl before re-raising: absl is silenced then, and given back when the outermost
+    guard exits (a notebook keeps its logs)."""
+    import logging
+
+    from astroflax.train.signals import GracefulStop, InterruptedTwice
+
+    absl = logging.getLogger("absl")
+    assert not absl.disabled
+    with pytest.raises(InterruptedTwice):
+        with GracefulStop():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            try:
+                with GracefulStop(startup=True):  # nested guards: only the outermost gives it back
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.5)
+            except InterruptedTwice:
+                assert absl.disabled
+                raise
+    assert not absl.disabled
+
+
 def test_double_ctrl_c_while_training_names_the_intact_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
     proc = start_training(run_dir)
