@@ -152,9 +152,18 @@ def key_padding_bias(mask: jax.Array) -> jax.Array:
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
     """Softmax attention with the (B, h, L, L) logits materialised. ``q`` (B, L, h, dh) is
-    already scaled; ``bias`` is :func:`key_padding_bias`'s (B, 1, 1, L)."""
-    w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) + bias, axis=-1)
-    return jnp.einsum("bhqk,bkhd->bqhd", w, v)
+    already scaled; ``bias`` is :func:`key_padding_bias`'s (B, 1, 1, L).
+
+    The softmax's normalisation is applied to the (B, L, h, dh) output, not to the (B, h, L, L)
+    weights, and the shift by the row maximum carries no gradient (the result does not depend on
+    it): XLA otherwise materialised the normalised weights and the broadcast reciprocal of the
+    denominator, forward and backward, at L^2 size. Full-preset step on one pinned core: see
+    README "Speed".
+    """
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) + bias
+    e = jnp.exp(s - jax.lax.stop_gradient(s.max(axis=-1, keepdims=True)))
+    o = jnp.einsum("bhqk,bkhd->bqhd", e, v)
+    return o / e.sum(axis=-1).swapaxes(1, 2)[..., None]
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, block: int) -> jax.Array:
@@ -224,8 +233,7 @@ def cross_attention(mha: nnx.MultiHeadAttention, xq: jax.Array, xkv: jax.Array, 
     k, v = jnp.split((xkv.reshape(-1, d) @ kv_kernel + kv_bias).reshape(b, -1, 2, h, dh), 2, axis=2)
     q, k, v = q.reshape(b, nq, h, dh), k[:, :, 0], v[:, :, 0]
     if bias is None:
-        w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
-        o = jnp.einsum("bhqk,bkhd->bqhd", w, v)
+        o = dense_attention(q, k, v, jnp.zeros((), q.dtype))
     else:
         # A row without valid keys: zero queries give flax's uniform weights, and, as flax's
         # `where` does, no gradient to its logits (the bias alone would pass one).
