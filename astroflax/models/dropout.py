@@ -6,8 +6,8 @@ uninterrupted one and evaluation (``rng=None``) is deterministic.
 
 Masks come from a counter-based hash of (site key, element index), not from ``jax.random``.
 Why: threefry, JAX's generator, was 20-25 ms of the transients quick preset's 81-88 ms train
-step (one pinned core; 4 sites of (64, 128, 48)); the hash masks cost 3 ms
-(``benchmarks/vs_torch.py``; README "Speed"). JAX's other generators were slower still on CPU
+step (one pinned core; 4 sites of (64, 128, 48)); the hash masks cost 3 ms (the jitted step
+timed alone, as ``benchmarks/vs_torch.py`` times it; README "Speed"). JAX's other generators were slower still on CPU
 (the same masks alone: threefry 10.0 ms, ``rbg``/``unsafe_rbg`` 16.8 ms). Dropout needs masks
 that are independent of the data and of each other, not cryptographic streams, and
 ``lowbias32`` (C. Wellons's hash-prospector, an avalanche-tested 32-bit finaliser) applied in
