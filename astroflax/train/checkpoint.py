@@ -35,6 +35,7 @@ import errno
 import json
 import logging
 import math
+import mmap
 import os
 import re
 import shutil
@@ -54,10 +55,11 @@ from astroflax.config import CheckpointConfig
 from astroflax.errors import CheckpointError
 
 DAMAGED_DIR = "damaged"  # checkpoints/damaged/<step>-<reason>/: steps moved aside, never deleted
+OBSOLETE_DIR = "obsolete"  # checkpoints/obsolete/<step>/: steps retention dropped, until removed
 COMMIT_FILE = "commit_success.txt"  # Orbax's commit record (with _CHECKPOINT_METADATA's commit time)
 STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 ITEMS = ("state", "data", "meta")
-CHECKSUM_FILE = "astroflax_checksums.json"  # sha256 of the step's files, written when it commits
+CHECKSUM_FILE = "astroflax_checksums.json"  # digests of the step's files, written when it commits
 TMP_MARKER = ".orbax-checkpoint-tmp"
 _STEP_NAME = re.compile(r"0|[1-9]\d*")  # the names Orbax lists as steps
 
@@ -163,6 +165,17 @@ def _empty(node: Any) -> bool:
     return node is None or (isinstance(node, (tuple, list, Mapping)) and len(node) == 0)
 
 
+def _data_file_size(arrays: Any) -> int:
+    """Orbax's target size for each OCDBT data file: 16 MiB, or 1/64 of the state if larger.
+
+    Why: by default (2 GiB) a state goes to one data file, written by one thread. Split into
+    files of 4-16 MiB, TensorStore writes them side by side: a 105 MB state committed in 78-82 ms
+    instead of 102 ms (medians of 10 interleaved saves; 4, 8 and 16 MiB alike). The quick state
+    (0.77 MB) is one file either way. The 1/64 keeps a large state to 64 files or fewer.
+    """
+    return max(16 << 20, state_bytes(arrays) // 64)
+
+
 def json_safe(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=float))
 
@@ -248,13 +261,21 @@ def _nonfinite_counts(leaves: list[jax.Array]) -> list[jax.Array]:
     return [(~jax.numpy.isfinite(leaf)).sum() for leaf in leaves]
 
 
+@jax.jit
+def _nonfinite_any(leaves: list[jax.Array]) -> jax.Array:
+    """Whether each leaf holds a NaN or Inf, as ``sum(leaf * 0)``: NaN and Inf both turn it into
+    NaN, and a float sum is a vectorised reduction where counting ``~isfinite`` is not. On a 105 MB
+    state, 4.8 ms against the counts' 34 ms: this runs in every ``save``, before the loop resumes."""
+    return jax.numpy.stack([~jax.numpy.isfinite(jax.numpy.sum(leaf * 0)) for leaf in leaves])
+
+
 def nonfinite_leaves(tree: Any) -> list[tuple[str, int, int]]:
     """(path, non-finite count, size) of every floating leaf holding NaN or Inf."""
     leaves = [
         (path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
         if getattr(leaf, "dtype", None) is not None and jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact)
     ]
-    if not leaves:
+    if not leaves or not np.any(jax.device_get(_nonfinite_any([leaf for _, leaf in leaves]))):
         return []
     counts = jax.device_get(_nonfinite_counts([leaf for _, leaf in leaves]))
     return [
@@ -276,23 +297,50 @@ def _checksummed_files(step_dir: Path) -> list[Path]:
                   if p.is_file() and p.name != COMMIT_FILE)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
+# Checksums are xxh3-128 (xxhash): they guard against bit rot and truncation, not tampering, and
+# hashing sat on the commit path (and in every verified restore). On a 105 MB state the record
+# took 72 ms with sha256 (1.5 GB/s here) and takes about 10 ms with xxh3; a commit was 217 ms.
+# Records written with sha256 by older versions are still verified with sha256.
+DIGESTS = ("xxh3_128", "sha256")
 
-    h = hashlib.sha256()
+
+def _digest(path: Path, algorithm: str = DIGESTS[0], mapped: bool = False) -> str:
+    """The file's digest. ``mapped`` hashes a memory map of it (8.6 ms for 105 MB against 16 ms
+    read in blocks); only for the files a commit has just written, since a file truncated while
+    it is mapped kills the process (SIGBUS) where a read would fail."""
+    if algorithm == "xxh3_128":
+        import xxhash
+
+        h = xxhash.xxh3_128()
+    else:
+        import hashlib
+
+        h = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+        if mapped and os.fstat(fh.fileno()).st_size:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                h.update(view)
+        else:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
     return h.hexdigest()
 
 
 def write_checksums(step_dir: Path) -> None:
-    """Record the sha256 of every file of a committed step (atomically: a crash leaves none)."""
-    files = {p.relative_to(step_dir).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    """Record the digest of every file of a committed step (atomically: a crash leaves none)."""
+    files = {p.relative_to(step_dir).as_posix(): {DIGESTS[0]: _digest(p, mapped=True), "bytes": p.stat().st_size}
              for p in _checksummed_files(step_dir)}
     tmp = step_dir / f".{CHECKSUM_FILE}.tmp"
-    tmp.write_text(json.dumps({"version": 1, "files": files}))
+    tmp.write_text(json.dumps({"version": 2, "files": files}))
     os.replace(tmp, step_dir / CHECKSUM_FILE)
+
+
+def _algorithm(entry: dict) -> str:
+    """The digest a checksum record's file entry holds (KeyError if none)."""
+    for algorithm in DIGESTS:
+        if algorithm in entry:
+            return algorithm
+    raise KeyError(f"none of {', '.join(DIGESTS)}")
 
 
 def _primary() -> bool:
@@ -437,6 +485,7 @@ class Checkpointer:
         self.events: list[dict[str, Any]] = []
         self._pending: tuple | None = None  # (step, state, data_state, meta, metrics) of a save in flight
         self._recorder: tuple[threading.Thread, list] | None = None  # checksums of the last commit
+        self._purger: threading.Thread | None = None  # removing the steps the last commit made obsolete
         self._commits = 0
         self._restorer: ocp.Checkpointer | None = None
         self._problems: list[str] = []
@@ -454,6 +503,12 @@ class Checkpointer:
                 best_mode=mode,
                 cleanup_tmp_directories=True,
                 create=True,
+                # Steps that retention drops are renamed into obsolete/ as the save finishes and
+                # removed by the thread that records the next checksums: removing a 105 MB step
+                # inside Orbax's finalisation cost ~30 ms of every commit (122 -> 92 ms, medians).
+                # Orbax's own background deleter was not used: its thread races the integrity
+                # checks here, which read step directories, and it reports errors only on close.
+                todelete_subdir=OBSOLETE_DIR,
             )
             # Uncompressed arrays: zstd bought 8% on a 105 MB state of float32 weights (97.1 MB
             # on disk) for 75% more time in Orbax's write (0.237 s vs 0.135 s); a commit here
@@ -473,6 +528,7 @@ class Checkpointer:
                     self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
                 except Exception as exc:
                     raise CheckpointError(f"cannot open the checkpoints directory {self.directory}: {_first_line(exc)}") from exc
+            self._purge_obsolete()  # what a run killed before it removed them left
 
     # ------------------------------------------------------------------ save
     def save(self, step: int, state: Any, data_state: dict, meta: dict, metrics: dict | None,
@@ -508,7 +564,7 @@ class Checkpointer:
         """Block until the save in flight is on disk with its checksums (and backup); its
         failure is raised here (one line)."""
         self._settle()
-        self._join_recorder()
+        self._join_recorder(purge=False)
 
     def close(self) -> None:
         if self._mgr is None:
@@ -522,12 +578,14 @@ class Checkpointer:
                 mgr.close()
             except Exception:  # noqa: BLE001 - the failure was reported by _settle (raised once)
                 pass
+            self._purge_obsolete()
 
     def _write(self, step: int, state: Any, data_state: dict, meta: dict, metrics: dict | None,
                blocking: bool) -> None:
         """``mgr.save`` (and, if ``blocking``, its completion), retried on transient I/O errors."""
+        arrays = to_arrays(state)
         args = ocp.args.Composite(
-            state=ocp.args.PyTreeSave(to_arrays(state)),
+            state=ocp.args.PyTreeSave(arrays, ocdbt_target_data_file_size=_data_file_size(arrays)),
             data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta),
         )
@@ -593,6 +651,9 @@ class Checkpointer:
         self._recorder = (threading.Thread(target=self._record, args=(step, backup, notes),
                                            name=f"astroflax-checksums-{step}"), notes)
         self._recorder[0].start()
+        if (self.directory / OBSOLETE_DIR).exists():
+            self._purger = threading.Thread(target=self._purge_obsolete, name=f"astroflax-purge-{step}")
+            self._purger.start()
 
     def _record(self, step: int, backup: bool, notes: list) -> None:
         try:
@@ -602,8 +663,19 @@ class Checkpointer:
         if backup:
             self._backup(step, notes)
 
-    def _join_recorder(self) -> None:
-        """Wait for the checksums and backup of the last commit; report what they noted."""
+    def _purge_obsolete(self) -> None:
+        """Remove the steps retention dropped (Orbax renamed them into ``obsolete/``)."""
+        if _primary():
+            shutil.rmtree(self.directory / OBSOLETE_DIR, ignore_errors=True)
+
+    def _join_recorder(self, purge: bool = True) -> None:
+        """Wait for the checksums and backup of the last commit; report what they noted. With
+        ``purge``, also for the removal of the steps it made obsolete (before the next save or
+        read; ``wait`` leaves it, since a commit is complete without it)."""
+        purger = self._purger
+        if purge and purger is not None and purger is not threading.current_thread():
+            self._purger = None
+            purger.join()
         recorder, self._recorder = self._recorder, None
         if recorder is None or recorder[0] is threading.current_thread():
             self._recorder = recorder
@@ -797,11 +869,11 @@ class Checkpointer:
             return
         try:
             files = json.loads(path.read_text())["files"]
-            expected = {name: (str(v["sha256"]), int(v["bytes"])) for name, v in files.items()}
+            expected = {name: (_algorithm(v), str(v[_algorithm(v)]), int(v["bytes"])) for name, v in files.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DamagedCheckpoint(step, directory, "bad-checksums",
                                     f"its checksum record {CHECKSUM_FILE} is unreadable ({_first_line(exc, 80)})") from None
-        for name, (digest, size) in sorted(expected.items()):
+        for name, (algorithm, digest, size) in sorted(expected.items()):
             f = step_dir / name
             if not f.is_file():
                 raise DamagedCheckpoint(step, directory, "missing-file", f"its file {name} is missing")
@@ -810,7 +882,7 @@ class Checkpointer:
                 what = "is truncated" if actual < size else "has grown"
                 raise DamagedCheckpoint(step, directory, "truncated" if actual < size else "changed",
                                         f"its file {name} {what} ({actual} bytes, {size} when written)")
-            if _sha256(f) != digest:
+            if _digest(f, algorithm) != digest:
                 raise DamagedCheckpoint(step, directory, "checksum",
                                         f"its file {name} does not match the checksum recorded when it was written")
 

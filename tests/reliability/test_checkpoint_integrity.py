@@ -404,6 +404,92 @@ def test_a_non_finite_state_is_never_written(tmp_path):
     assert Checkpointer(d, read_only=True).steps() == []
 
 
+def test_the_non_finite_check_flags_nan_and_inf_and_nothing_else():
+    """A cheap gate (``sum(leaf * 0)``) decides whether to count: no NaN or Inf may slip past it,
+    in any float type, and finite values whose plain sum overflows are not reported."""
+    from astroflax.train.checkpoint import nonfinite_leaves
+
+    tree = {
+        "big": jnp.array([3e38, 3e38, 3e38], jnp.float32),  # sum(x) is Inf; the values are finite
+        "nan": jnp.array([1.0, math.nan, 2.0, math.nan], jnp.float32),
+        "inf": jnp.array([[-math.inf, 0.0]], jnp.float32),
+        "half": jnp.array([math.nan, 1.0], jnp.bfloat16),
+        "empty": jnp.zeros((0, 3), jnp.float32),
+        "ints": jnp.array([1, 2], jnp.int32),
+        "fine": jnp.ones((5, 5), jnp.float32),
+    }
+    assert sorted(nonfinite_leaves(tree)) == [("half", 1, 2), ("inf", 1, 2), ("nan", 2, 4)]
+    assert nonfinite_leaves({k: tree[k] for k in ("big", "empty", "ints", "fine")}) == []
+
+
+def _flip_a_byte(step_dir: Path) -> None:
+    f = _data_file(step_dir)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def test_checksum_records_of_older_versions_are_still_verified(tmp_path):
+    """Steps record xxh3-128 digests; a record of sha256 digests (astroflax before it) is still
+    checked with sha256, and a flipped byte is caught under either."""
+    import hashlib
+
+    from astroflax.train.checkpoint import CHECKSUM_FILE, Checkpointer, DamagedCheckpoint, abstract_like
+
+    d = tmp_path / "checkpoints"
+    ckpt = Checkpointer(d, _cfg(keep_latest=3, keep_best=0), warn=lambda m: None)
+    for step in (1, 2):
+        _save(ckpt, step, 1.0)
+    ckpt.close()
+    target = abstract_like(_tiny_state(0.0))
+    record = json.loads((d / "1" / CHECKSUM_FILE).read_text())
+    assert record["version"] == 2 and all(set(v) == {"xxh3_128", "bytes"} for v in record["files"].values())
+
+    old = {name: {"sha256": hashlib.sha256((d / "1" / name).read_bytes()).hexdigest(), "bytes": v["bytes"]}
+           for name, v in record["files"].items()}
+    (d / "1" / CHECKSUM_FILE).write_text(json.dumps({"version": 1, "files": old}))
+    assert Checkpointer(d, read_only=True).verify(1, target).step == 1
+    for step in (1, 2):
+        _flip_a_byte(d / str(step))
+        with pytest.raises(DamagedCheckpoint, match="does not match the checksum"):
+            Checkpointer(d, read_only=True).check_files(step)
+
+
+def test_steps_dropped_by_retention_are_removed_beside_the_loop(tmp_path, monkeypatch):
+    """Orbax renames a step that retention drops into ``obsolete/``; it is removed in a thread
+    (not in the save, nor in the commit ``wait`` reports), before the next save or read, and what
+    a killed run left there goes when the directory is opened again."""
+    import threading
+
+    import astroflax.train.checkpoint as checkpoint
+
+    purged_on = []
+    real = checkpoint.Checkpointer._purge_obsolete
+
+    def recording(self):
+        purged_on.append(threading.current_thread())
+        real(self)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "_purge_obsolete", recording)
+    d = tmp_path / "checkpoints"
+    ckpt = checkpoint.Checkpointer(d, _cfg(keep_latest=2, keep_best=0), warn=lambda m: None)
+    purged_on.clear()  # the purge on opening
+    for step in range(1, 5):
+        _save(ckpt, step, 1.0)
+        ckpt.wait()
+        assert (d / str(step)).is_dir() and not (d / str(step - 2)).exists()
+    _save(ckpt, 5, 1.0)  # joins the removal of what step 4's commit made obsolete
+    assert not (d / checkpoint.OBSOLETE_DIR / "2").exists()
+    ckpt.close()
+    assert sorted(p.name for p in d.iterdir()) == ["4", "5"]
+    main = threading.current_thread()
+    assert purged_on[-1] is main and len(purged_on) >= 3 and main not in purged_on[:-1], purged_on  # close's own last
+
+    (d / checkpoint.OBSOLETE_DIR / "3" / "state").mkdir(parents=True)  # left by a killed run
+    checkpoint.Checkpointer(d, _cfg(keep_latest=2, keep_best=0), warn=lambda m: None).close()
+    assert sorted(p.name for p in d.iterdir()) == ["4", "5"]
+
+
 # ------------------------------------------- the array tree Orbax is handed (train/checkpoint.py)
 def _nnx_state(seed: int):
     """A real train state: NNX Variables, an optax chain with EmptyStates, batch statistics."""
