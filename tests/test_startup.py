@@ -1,0 +1,74 @@
+"""What a command does before its first step (issue 15's start-up): each test runs a fresh
+interpreter, since imports and JAX's caches are per process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str, tmp_path: Path, **env: str) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line last."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_tensorboard_scalars_are_written_without_importing_torch(tmp_path):
+    """tensorboardX imports torch, when installed, only for a type in its annotations (0.9 s of
+    start-up). A stand-in ``torch`` on the path records whether anything imported it."""
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "torch-was-imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nTensor = object\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = (
+        "import json, os\n"
+        "from pathlib import Path\n"
+        "from astroflax.train.metrics_log import MetricsWriter\n"
+        f"w = MetricsWriter(Path({str(run_dir)!r}))\n"
+        "w.write(3, 'train', {'loss': 0.5}); w.close()\n"
+        f"before = os.path.exists({str(marker)!r})\n"
+        "import torch  # a later import still finds the installed package\n"
+        "print(json.dumps({'before': before, 'torch_file': torch.__file__}))\n"
+    )
+    out = _run(code, tmp_path, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{REPO}")
+    assert out["before"] is False and out["torch_file"].startswith(str(fake)), out
+    events = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_a_command_naming_one_builtin_task_imports_only_its_module(tmp_path):
+    code = (
+        "import json, sys\n"
+        "from astroflax.tasks import all_tasks, get_task\n"
+        "task = get_task('photoz')\n"
+        "loaded = sorted(m.split('.')[-1] for m in sys.modules if m.startswith('astroflax.tasks.')\n"
+        "                and m.split('.')[-1] in ('digits', 'morphology', 'photoz', 'spectra', 'transients', 'vae', 'variables'))\n"
+        "print(json.dumps({'name': task.name, 'loaded': loaded, 'all': sorted(all_tasks())}))\n"
+    )
+    out = _run(code, tmp_path)
+    assert out["name"] == "photoz" and out["loaded"] == ["photoz"], out
+    assert {"digits", "morphology", "photoz", "spectra", "transients", "vae", "variables"} <= set(out["all"])
+
+
+def test_quick_executables_are_kept_in_the_persistent_cache(tmp_path):
+    """A model's initialisation is dozens of small eager ops; each one's executable is cached
+    however quickly it compiled, so a second run loads them instead of compiling them."""
+    code = (
+        "import json\n"
+        "from astroflax.runtime import enable_compile_cache\n"
+        "path = enable_compile_cache()\n"
+        "import jax.numpy as jnp\n"
+        "(jnp.arange(7.0) * 3.0).block_until_ready()\n"
+        "print(json.dumps({'files': sorted(p.name for p in path.iterdir())}))\n"
+    )
+    out = _run(code, tmp_path, ASTROFLAX_CACHE_DIR=str(tmp_path / "cache"))
+    assert any(name.startswith("jit_multiply-") for name in out["files"]), out
