@@ -32,7 +32,7 @@ from astroflax.config import ExperimentConfig, finalize_config, load_yaml_file
 from astroflax.data.pipeline import TrainStream, first_rows
 from astroflax.data.store import device_view, split_rows
 from astroflax.errors import CheckpointError, ConfigError, TrainingDiverged
-from astroflax.runtime import enable_compile_cache
+from astroflax.runtime import enable_compile_cache, process_age
 from astroflax.train.checkpoint import Checkpointer, abstract_like, json_safe
 from astroflax.train.components import Components, build_components
 from astroflax.train.hooks import Hooks
@@ -100,7 +100,8 @@ class TrainResult:
     best_value: float | None
     val_metrics: dict[str, Any]
     wall_time: float
-    first_step_time: float | None
+    first_step_time: float | None  # seconds from the start of ``train`` to the end of the first step
+    first_step_process_age: float | None = None  # ... from the start of the process (one command per process)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -170,6 +171,7 @@ class _Run:
         self.train_loss, self.last_val = float("nan"), {}
         self.stopped_by: str | None = None
         self.first_step_time: float | None = None
+        self.first_step_process_age: float | None = None
         self.bounded_dispatch = len(c.mesh.local_devices) > 1
 
     # The hot loop holds the state as FlatStep's list of arrays; the TrainState is rebuilt
@@ -244,6 +246,7 @@ class _Run:
         if self.first_step_time is None:
             jax.block_until_ready(self.acc)
             self.first_step_time = time.perf_counter() - t_start
+            self.first_step_process_age = process_age()
         elif self.bounded_dispatch and self.step % MAX_STEPS_AHEAD == 0:
             jax.block_until_ready(self.acc)
         self.bar.advance(self.step)
@@ -361,6 +364,7 @@ class _Run:
             run_dir=self.run_dir, step=self.step, total_steps=self.c.total_steps, stopped_by=self.stopped_by,
             best_step=self.stopper.state["best_step"], best_value=self.stopper.state["best"],
             val_metrics=self.last_val, wall_time=time.perf_counter() - t_start, first_step_time=self.first_step_time,
+            first_step_process_age=self.first_step_process_age,
         )
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
         if self.primary:
