@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -49,4 +50,30 @@ def process_age() -> float | None:
         return time.clock_gettime(time.CLOCK_BOOTTIME) - started
     except (OSError, ValueError, IndexError, AttributeError):
         return None
+
+
+_LIBC: Any = None
+
+
+def release_free_memory() -> bool:
+    """Hand the memory glibc's malloc holds free back to the system (``malloc_trim(0)``).
+
+    Why: XLA's compiler frees what it used, but malloc keeps it. A transients quick process held
+    1,308 MB after compiling its train step and 746 MB after this call (steady state 750-830 MB,
+    the same with and without the huge-page tunable). Called once the first step and the first
+    validation have compiled. A no-op (False) where the C library is not glibc.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only: other C libraries have no malloc_trim
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC is False:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
 

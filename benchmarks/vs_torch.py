@@ -20,8 +20,9 @@ Each framework runs in its own long-lived worker process (this file with ``--wor
 over stdin/stdout JSON lines. After warm-up (compilation), the parent runs R interleaved rounds
 of N steps per worker, alternating which goes first, so slow drifts of a shared machine hit both
 alike. Per round and worker: wall time and the deltas of ``getrusage(RUSAGE_SELF)`` (minor and
-major page faults, user and system CPU time); at the end each worker's peak RSS (which includes
-its setup: the astroflax worker holds the whole training split, the torch worker a small pool).
+major page faults, user and system CPU time); at the end each worker's peak RSS, of the whole
+process (set-up and compilation included: the astroflax worker loads the whole training split)
+and of the timed steps alone (the kernel's peak mark is reset after set-up and warm-up).
 
 ``--cores 1`` (default) pins every worker to one core (``--core``) with one compute thread per
 framework; ``--cores 2`` gives both cores and default threading.
@@ -87,13 +88,46 @@ def _usage() -> dict[str, float]:
     return {"minflt": r.ru_minflt, "majflt": r.ru_majflt, "utime": r.ru_utime, "stime": r.ru_stime}
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    """VmHWM: the peak RSS since the process started or since :func:`_reset_peak_rss`."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def serve(proto: TextIO, setup: Callable[[dict], dict], run: Callable[[int], None],
           mean_loss: Callable[[], float]) -> None:
-    """Answer the parent's commands (one JSON object per line) until ``finish``."""
+    """Answer the parent's commands (one JSON object per line) until ``finish``.
+
+    Two peaks of RSS are reported: of the whole process (``maxrss_mb``: the astroflax worker
+    loads the task's whole training split to draw the batches, the torch worker only the pool),
+    and of the timed steps alone (``step_rss_mb``: the mark is reset once set-up and warm-up are
+    done and the set-up's garbage collected), which is the bare step's: framework, model,
+    optimiser state, the pool of batches and the step's working memory."""
+    reset, setup_peak = False, 0.0
     for line in sys.stdin:
         msg = json.loads(line)
         if msg["cmd"] == "setup":
             reply = setup(msg)
+            import gc
+
+            gc.collect()
+            setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the reset clears this too
+            reset = _reset_peak_rss()
         elif msg["cmd"] == "run":
             before, t = _usage(), time.perf_counter()
             run(msg["steps"])
@@ -101,7 +135,9 @@ def serve(proto: TextIO, setup: Callable[[dict], dict], run: Callable[[int], Non
             after = _usage()
             reply = {"steps": msg["steps"], "wall": wall, **{k: after[k] - before[k] for k in before}}
         elif msg["cmd"] == "finish":
-            reply = {"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "mean_loss": mean_loss()}
+            reply = {"maxrss_mb": max(setup_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                     "mean_loss": mean_loss(),
+                     "step_rss_mb": _peak_rss_mb() if reset else None}
         else:
             raise ValueError(f"unknown command {msg['cmd']!r}")
         proto.write(json.dumps(reply) + "\n")
@@ -116,6 +152,7 @@ def jax_worker(model: str, proto: TextIO) -> None:
 
     from astroflax.config import build_config
     from astroflax.data.pipeline import TrainStream
+    from astroflax.runtime import release_free_memory
     from astroflax.train.components import build_components
     from astroflax.train.sharding import replicate, shard_batch
     from astroflax.train.step import FlatStep, init_accumulator, make_train_step
@@ -141,6 +178,7 @@ def jax_worker(model: str, proto: TextIO) -> None:
         # 5.8 ms of photoz's 8.2 ms a step here: that is the loop's overhead, not the step's.)
         live.update(state=jstep.flatten(state), acc=acc, jstep=jstep, batches=[shard_batch(b, mesh) for b in pool], i=0)
         run(msg["warmup"])  # compile + warm up
+        release_free_memory()  # as the training loop does after its first step
         np.savez(msg["pool"], **{f"{i}/{k}": v for i, b in enumerate(pool) for k, v in b.items()})
         sched = cfg.schedule
         warmup = min(sched.warmup_steps, max(c.total_steps - 1, 0))
@@ -525,6 +563,7 @@ def bench_model(model: str, args: argparse.Namespace, tmp: str) -> dict:
                 w.proc.kill()
     bs = spec["batch_size"]
     rss = {name: f["maxrss_mb"] for name, f in final.items()}
+    step_rss = {name: f.get("step_rss_mb") for name, f in final.items()}
     summary = {}
     for w in workers:
         tot = {k: sum(r[k] for r in w.rounds) for k in ("steps", "wall", "minflt", "majflt", "utime", "stime")}
@@ -537,13 +576,16 @@ def bench_model(model: str, args: argparse.Namespace, tmp: str) -> dict:
             "sys_fraction": tot["stime"] / cpu if cpu else 0.0,
             "cpu_per_wall": cpu / tot["wall"],
             "peak_rss_mb": rss[w.name],
+            "step_rss_mb": step_rss[w.name],
             "mean_train_loss": final[w.name]["mean_loss"],  # a sanity check (warm-up included), not a comparison
         }
     ratios = {}
     for w in workers[1:]:
         per = [a["steps"] / a["wall"] / (b["steps"] / b["wall"]) for a, b in zip(jx.rounds, w.rounds)]
         ratios[w.name] = {"median": statistics.median(per), "min": min(per), "max": max(per), "per_round": per,
-                          "rss": rss["astroflax"] / rss[w.name]}
+                          "rss": rss["astroflax"] / rss[w.name],
+                          "step_rss": (step_rss["astroflax"] / step_rss[w.name]
+                                       if step_rss["astroflax"] and step_rss[w.name] else None)}
     return {"task": task, "preset": preset, "params": spec["params"], "batch_size": bs, "steps_per_round": steps,
             "rounds": {w.name: w.rounds for w in workers}, "summary": summary, "ratios": ratios}
 
@@ -552,16 +594,16 @@ def print_table(model: str, res: dict, args: argparse.Namespace) -> None:
     print(f"\n{model} ({res['task']} preset {res['preset']}): {res['params']:,} trainable parameters each, "
           f"batch {res['batch_size']}, {args.rounds} rounds x {res['steps_per_round']} steps, --cores {args.cores}")
     print(f"  {'':22s} {'samples/s':>10s} {'ms/step':>8s} {'minflt/step':>12s} {'majflt/step':>12s} "
-          f"{'sys/CPU':>8s} {'CPU/wall':>9s} {'peak RSS MB':>12s}")
+          f"{'sys/CPU':>8s} {'CPU/wall':>9s} {'peak RSS MB':>12s} {'step RSS MB':>12s}")
     for name, s in res["summary"].items():
         print(f"  {name:22s} {s['samples_per_s']:10.0f} {s['ms_per_step']:8.2f} {s['minflt_per_step']:12.1f} "
               f"{s['majflt_per_step']:12.2f} {100 * s['sys_fraction']:7.1f}% {s['cpu_per_wall']:9.2f} "
-              f"{s['peak_rss_mb']:12.0f}")
+              f"{s['peak_rss_mb']:12.0f} {s['step_rss_mb'] or float('nan'):12.0f}")
     print("  mean training loss (sanity check, warm-up included): "
           + ", ".join(f"{n} {s['mean_train_loss']:.3f}" for n, s in res["summary"].items()))
     for name, r in res["ratios"].items():
         print(f"  astroflax/{name}: throughput {r['median']:.2f} (rounds {r['min']:.2f}-{r['max']:.2f}), "
-              f"peak RSS {r['rss']:.2f}")
+              f"peak RSS {r['rss']:.2f}, step RSS {r['step_rss'] or float('nan'):.2f}")
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from astroflax.config import ExperimentConfig, finalize_config, load_yaml_file
 from astroflax.data.pipeline import TrainStream, first_rows
 from astroflax.data.store import device_view, split_rows
 from astroflax.errors import CheckpointError, ConfigError, TrainingDiverged
-from astroflax.runtime import enable_compile_cache, process_age
+from astroflax.runtime import enable_compile_cache, process_age, release_free_memory
 from astroflax.train.checkpoint import Checkpointer, abstract_like, json_safe
 from astroflax.train.components import Components, build_components
 from astroflax.train.hooks import Hooks
@@ -172,6 +172,7 @@ class _Run:
         self.stopped_by: str | None = None
         self.first_step_time: float | None = None
         self.first_step_process_age: float | None = None
+        self.validated = False
         self.bounded_dispatch = len(c.mesh.local_devices) > 1
 
     # The hot loop holds the state as FlatStep's list of arrays; the TrainState is rebuilt
@@ -247,6 +248,7 @@ class _Run:
             jax.block_until_ready(self.acc)
             self.first_step_time = time.perf_counter() - t_start
             self.first_step_process_age = process_age()
+            release_free_memory()  # what compiling the step used (~0.5 GB)
         elif self.bounded_dispatch and self.step % MAX_STEPS_AHEAD == 0:
             jax.block_until_ready(self.acc)
         self.bar.advance(self.step)
@@ -282,6 +284,9 @@ class _Run:
         self.bar.line(f"step {step}/{c.total_steps}  train loss {loss}"
                       + "  ".join(f"{k} {v:.4f}" for k, v in self.last_val.items()))
         self.saver.after_eval(step, self.last_val, improved, step == c.total_steps)
+        if not self.validated:
+            self.validated = True
+            release_free_memory()  # what compiling the predict step used
         if self.on_validation is not None and self.on_validation(step, dict(self.last_val)):
             self.stop_asked = True
 
