@@ -97,3 +97,32 @@ def test_memory_malloc_holds_free_goes_back_to_the_system(tmp_path):
     assert out["released"] is True
     assert out["freed"] > out["full"] - 100, out  # glibc kept the freed blocks ...
     assert out["after"] < out["freed"] - 300, out  # ... until they were handed back
+
+
+def test_the_loop_traces_the_model_once_before_its_first_step():
+    """The metric names (an ``eval_shape``) and the jitted step share one trace of the loss."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from astroflax.train.state import create_state
+    from astroflax.train.step import FlatStep, init_accumulator, make_train_step
+
+    traces = []
+
+    def loss_fn(model, batch, rng, train):
+        traces.append(1)
+        err = model(batch["x"]) - batch["y"]
+        return jnp.mean(err**2), {"mae": jnp.mean(jnp.abs(err))}
+
+    graphdef, state = create_state(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.adam(1e-2), 0)
+    batch = {"x": jnp.ones((8, 3)), "y": jnp.zeros((8, 1))}
+    step = make_train_step(graphdef, optax.adam(1e-2), loss_fn, optax.constant_schedule(1e-2))
+    names = step.metric_names(state, batch)
+    assert {"loss", "mae", "grad_norm", "lr", "nonfinite"} <= set(names), names
+    flat = FlatStep(step, state)
+    leaves, acc = flat(flat.flatten(state), init_accumulator(names), batch)
+    assert set(acc) == {*names, "count"} and float(acc["count"]) == 1.0
+    jax.block_until_ready(leaves)
+    assert len(traces) == 1, len(traces)

@@ -218,8 +218,7 @@ class _Run:
         if jax.process_count() > 1:  # each process holds its rows of a batch
             example = {k: v[process_rows(cfg.train.batch_size)] for k, v in example.items()}
         example = shard_batch(example, c.mesh)
-        acc = jax.eval_shape(step, self.state, init_accumulator([]), example)[1]
-        self.metric_names = [k for k in acc if k != "count"]
+        self.metric_names = step.metric_names(self.state, example)
         self.acc = self.fresh_acc()
         # A fresh start drops logs of a run killed before its 1st save.
         self.writer = MetricsWriter(self.run_dir, resume_step=self.step) if self.primary else _NoMetrics()
