@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import grain
+import grain.experimental
 import numpy as np
 import pytest
 
+from astroflax.data.index_shuffle import index_shuffle
 from astroflax.data.pipeline import BatchIndices, TrainStream
 
 
@@ -14,15 +16,23 @@ def grain_batches(n: int, batch_size: int, seed: int):
     return grain.MapDataset.range(n).shuffle(seed=seed).repeat(None).batch(batch_size, drop_remainder=True)
 
 
-@pytest.mark.parametrize(("n", "batch_size", "seed"), [
-    (10, 4, 3),  # batches straddle epochs
-    (1000, 128, 0),
-    (70_001, 256, 7),  # a block size above the cipher's minimum (16 bits)
-    (50, 50, 2**32 - 2),  # per-epoch seeds wrap around 2**32
-    (1, 1, 5),
+SMALL = [(10, 4, 3), (1, 1, 5), (10, 25, 1)]  # batches straddle epochs; one batch spans three
+LARGE = [(1000, 128, 0), (70_001, 256, 7), (50, 50, 2**32 - 2), (3000, 64, 4)]  # seeds wrap around 2**32
+
+
+@pytest.mark.parametrize(("n", "batch_size", "seed", "mode"), [
+    *[(*case, "scalar") for case in SMALL + LARGE],
+    # The vectorised cipher walks long cycles when n is tiny (slow in numpy, not wrong): larger n only.
+    *[(*case, mode) for case in LARGE for mode in ("vectorised", "per-batch")],
 ])
-def test_batches_are_graines_for_many_epochs(n, batch_size, seed):
+def test_batches_are_graines_for_many_epochs(n, batch_size, seed, mode):
     reference, ours = grain_batches(n, batch_size, seed), BatchIndices(n, batch_size, seed)
+    if mode == "scalar":  # Grain's own shuffle per example, for an epoch (small datasets)
+        ours.SCALAR_BELOW = n + 1
+    elif mode == "vectorised":  # the vectorised cipher for an epoch
+        ours.SCALAR_BELOW = 0
+    else:  # each batch on its own: datasets too large to keep an epoch's order
+        ours.EPOCH_CACHE_MAX = 0
     per_epoch = max(1, n // batch_size)
     for b in [*range(min(12, 3 * per_epoch)), per_epoch - 1, per_epoch, 5 * per_epoch + 1, 10**6]:
         np.testing.assert_array_equal(ours(b), reference[b], err_msg=f"batch {b}")
@@ -45,3 +55,24 @@ def test_the_stream_resumes_from_a_state_of_the_grain_pipeline():
         np.testing.assert_array_equal(a["x"], b["x"])
         np.testing.assert_array_equal(a["y"], b["y"])
     assert stream.get_state()["iterator"] == old.get_state()
+
+
+@pytest.mark.parametrize(("max_index", "seed", "rounds"), [
+    (1, 0, 4), (9, 3, 4), (65_535, 7, 4), (65_536, 2**32 - 1, 4),  # 2**16: Grain's block is still 16 bits
+    (70_000, 12, 4), (2**20, 9, 6), (1_000_003, 123_456, 4), (5, 2**31, 8),
+])
+def test_the_vectorised_shuffle_is_graines(max_index, seed, rounds):
+    rng = np.random.default_rng(max_index)
+    idx = np.arange(max_index + 1) if max_index < 70_001 else rng.choice(max_index + 1, 3000, replace=False)
+    ref = [grain.experimental.index_shuffle(int(i), max_index=max_index, seed=seed, rounds=rounds) for i in idx]
+    np.testing.assert_array_equal(index_shuffle(idx, max_index, seed, rounds), ref)
+    # one seed per index (a batch that straddles two epochs)
+    seeds = np.where(np.arange(len(idx)) % 3 == 0, seed, (seed + 1) % 2**32)
+    ref = [grain.experimental.index_shuffle(int(i), max_index=max_index, seed=int(s), rounds=rounds)
+           for i, s in zip(idx, seeds)]
+    np.testing.assert_array_equal(index_shuffle(idx, max_index, seeds, rounds), ref)
+
+
+def test_the_vectorised_shuffle_refuses_odd_rounds():
+    with pytest.raises(ValueError, match="rounds"):
+        index_shuffle(np.arange(3), 10, 0, rounds=3)
