@@ -133,7 +133,8 @@ def make_train_step(
     # its metric names (``step.metric_names``, an ``eval_shape``) and the step's compilation share
     # one trace of the model: jit caches a function's trace by its argument types. The loop's start
     # lost 0.35-0.45 s tracing the transients model twice. XLA inlines the nested call: trained
-    # parameters after 40 steps were bitwise equal to the single jit's (transients, photoz).
+    # parameters after 30-40 steps were bitwise equal to the single jit's (transients, photoz,
+    # photoz in float16, morphology).
     core_jit = jax.jit(core)
 
     def step(state: TrainState, acc: dict, batch: Batch) -> tuple[TrainState, dict]:
