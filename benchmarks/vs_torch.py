@@ -35,6 +35,7 @@ framework; ``--cores 2`` gives both cores and default threading.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -101,9 +102,10 @@ def _reset_peak_rss() -> bool:
 def _peak_rss_mb() -> float | None:
     """VmHWM: the peak RSS since the process started or since :func:`_reset_peak_rss`."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
@@ -123,8 +125,6 @@ def serve(proto: TextIO, setup: Callable[[dict], dict], run: Callable[[int], Non
         msg = json.loads(line)
         if msg["cmd"] == "setup":
             reply = setup(msg)
-            import gc
-
             gc.collect()
             setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the reset clears this too
             reset = _reset_peak_rss()
