@@ -197,6 +197,10 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     nonfinite: NonFiniteConfig = Field(default_factory=NonFiniteConfig, description="divergence policy")
     progress: bool = Field(True, description="show a progress bar on a terminal")
+    device_data_max_mb: float = Field(
+        256, ge=0, description="a training split of at most this many MB (the arrays the model reads) is held "
+        "on the devices whole and each batch gathered inside the step, which saves reading and copying every "
+        "batch on the host (one process only); 0 streams every batch")
     param_sharding: Literal["replicated", "fsdp"] = Field(
         "replicated", description="parameters and optimiser state: a full copy on every device, or split "
         "FSDP-style over the data axis so that a state larger than one device fits (docs/distributed.md)")

@@ -1,9 +1,11 @@
 """What the training loop costs over the bare train step, in the same process.
 
-For each task (quick preset), three per-step times:
+For each task (quick preset), four per-step times:
 - **bare step**: the loop's own jitted step (`FlatStep`) on batches made beforehand, cycled;
-- **step + data**: the same, each batch drawn from the loop's data stream (`TrainStream`,
-  shuffle and gather) and placed on the devices as the loop does;
+- **step + stream**: the same, each batch drawn from the streamed path (`TrainStream`: shuffle,
+  a batched read of the converted dataset on disk) and placed on the devices;
+- **step + resident**: the path a split under `train.device_data_max_mb` takes, the split held on
+  the device and each batch's indices (`IndexStream`) gathered inside the step;
 - **loop**: `astroflax.train.loop.train` itself, as the difference between a run of 2N and a
   run of N steps (same config, warm caches), so that start-up, the final validation and the
   final checkpoint cancel. Validation and checkpoints in between are pushed past the end.
@@ -24,12 +26,12 @@ import time
 import jax
 
 from astroflax.config import build_config
-from astroflax.data.pipeline import TrainStream
+from astroflax.data.pipeline import IndexStream, TrainStream, num_rows, read_all
 from astroflax.data.store import device_view
 from astroflax.runtime import enable_compile_cache
 from astroflax.train.components import build_components
 from astroflax.train.loop import train
-from astroflax.train.sharding import replicate, shard_batch
+from astroflax.train.sharding import place_indices, place_resident, replicate, shard_batch
 from astroflax.train.step import FlatStep, init_accumulator, make_train_step
 
 
@@ -39,8 +41,8 @@ def overrides(steps: int) -> list[str]:
             f"checkpoint.every={10 * steps}", "train.early_stopping.enabled=false"]
 
 
-def step_times(task: str, steps: int) -> tuple[float, float]:
-    """(bare step, step + data) seconds per step."""
+def step_times(task: str, steps: int) -> tuple[float, float, float]:
+    """(bare step, step + stream, step + resident) seconds per step."""
     cfg = build_config(task, "quick", overrides=overrides(steps))
     c = build_components(cfg)
     arrays = device_view(c.task, c.dataset.split("train"))
@@ -65,7 +67,14 @@ def step_times(task: str, steps: int) -> tuple[float, float]:
 
     bare = timed(lambda i: batches[i % len(batches)])
     with_data = timed(lambda i: shard_batch(next(stream), c.mesh))
-    return bare, with_data
+    del flat  # its donated state is in `leaves`, which the resident step takes over
+    flat = FlatStep(step, c.state, None, resident=place_resident(read_all(arrays), c.mesh))
+    indices = IndexStream(num_rows(arrays), cfg.train.batch_size, cfg.train.seed, c.dataset.version)
+    for _ in range(3):  # compile, warm up
+        leaves, acc = flat(leaves, acc, place_indices(next(indices), c.mesh))
+    jax.block_until_ready(acc)
+    resident = timed(lambda i: place_indices(next(indices), c.mesh))
+    return bare, with_data, resident
 
 
 def loop_time(task: str, steps: int) -> float:
@@ -87,16 +96,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     enable_compile_cache()
-    print(f"{'task':12s} {'bare ms':>8s} {'+data ms':>8s} {'loop ms':>8s} {'data/bare':>9s} {'loop/bare':>9s}")
+    print(f"{'task':12s} {'bare ms':>8s} {'+stream':>8s} {'+resid.':>8s} {'loop ms':>8s} {'stream/bare':>11s} "
+          f"{'resid./bare':>11s} {'loop/bare':>9s}")
     for task in args.tasks.split(","):
         rows = []
-        for _ in range(args.rounds):  # interleaved: each round measures all three
-            bare, with_data = step_times(task, args.steps)
-            rows.append((bare, with_data, loop_time(task, args.steps)))
-        bare, with_data, loop = (statistics.median(r[i] for r in rows) for i in range(3))
-        ratios = [r[2] / r[0] for r in rows]
-        print(f"{task:12s} {bare * 1e3:8.2f} {with_data * 1e3:8.2f} {loop * 1e3:8.2f} {with_data / bare:9.3f} "
-              f"{loop / bare:9.3f}   loop/bare per round: {', '.join(f'{x:.3f}' for x in ratios)}")
+        for _ in range(args.rounds):  # interleaved: each round measures all four
+            rows.append((*step_times(task, args.steps), loop_time(task, args.steps)))
+        bare, streamed, resident, loop = (statistics.median(r[i] for r in rows) for i in range(4))
+        ratios = [r[3] / r[0] for r in rows]
+        print(f"{task:12s} {bare * 1e3:8.2f} {streamed * 1e3:8.2f} {resident * 1e3:8.2f} {loop * 1e3:8.2f} "
+              f"{streamed / bare:11.3f} {resident / bare:11.3f} {loop / bare:9.3f}   "
+              f"loop/bare per round: {', '.join(f'{x:.3f}' for x in ratios)}")
 
 
 if __name__ == "__main__":

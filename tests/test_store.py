@@ -112,10 +112,17 @@ def test_convert_info_and_train_equal_to_in_memory(converted, tmp_path, capsys):
     code, _, err = run_main(["train", "photoz", "--data", str(ds), "--run-dir", str(tmp_path / "disk"),
                              "--no-evaluate", *set_args(PHOTOZ)], capsys)
     assert code == 0, err
-    mem, disk = final_params(tmp_path / "mem"), final_params(tmp_path / "disk")
-    assert mem.keys() == disk.keys()
+    # Every batch read from disk and copied to the device, instead of the split held there whole.
+    code, _, err = run_main(["train", "photoz", "--data", str(ds), "--run-dir", str(tmp_path / "streamed"),
+                             "--no-evaluate", *set_args([*PHOTOZ, "train.device_data_max_mb=0"])], capsys)
+    assert code == 0, err
+    mem, disk, streamed = (final_params(tmp_path / d) for d in ("mem", "disk", "streamed"))
+    how = {d: json.loads((tmp_path / d / "train_summary.json").read_text())["train_data"] for d in ("disk", "streamed")}
+    assert how == {"disk": "on device", "streamed": "streamed"}, how
+    assert mem.keys() == disk.keys() == streamed.keys()
     for k in mem:  # the same batches in the same order: bitwise the same run
         assert np.array_equal(mem[k], disk[k]), k
+        assert np.array_equal(mem[k], streamed[k]), k
     info = json.loads((tmp_path / "disk" / "data_info.json").read_text())
     assert info["dataset"]["content_hash"] == m["content_hash"] and info["dataset"]["rows"]["train"] == 6988
     saved = (tmp_path / "disk" / "config.yaml").read_text()
@@ -171,7 +178,8 @@ def test_bundled_and_user_data_stream_through_one_cache(tmp_path, monkeypatch):
 @pytest.mark.slow  # a real process killed with SIGKILL mid-run, resumed from the streamed dataset
 def test_sigkill_then_resume_on_a_streamed_dataset_is_bitwise(converted, tmp_path, capsys):
     ds = converted / "ds"
-    argv = ["train", "photoz", "--data", str(ds), "--no-evaluate", *set_args(PHOTOZ)]
+    # Every batch read from disk (not the split held on the device, the default at this size).
+    argv = ["train", "photoz", "--data", str(ds), "--no-evaluate", *set_args([*PHOTOZ, "train.device_data_max_mb=0"])]
     code, _, err = run_main([*argv, "--run-dir", str(tmp_path / "reference")], capsys)
     assert code == 0, err
     run_dir = tmp_path / "killed"
@@ -207,7 +215,9 @@ def test_sigkill_then_resume_on_a_streamed_dataset_is_bitwise(converted, tmp_pat
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
-    code, _, err = run_main([*argv, "--run-dir", str(run_dir)], capsys)
+    # Resumed with the split held on the device: the iterator state is the same either way.
+    resume_argv = ["train", "photoz", "--data", str(ds), "--no-evaluate", *set_args(PHOTOZ)]
+    code, _, err = run_main([*resume_argv, "--run-dir", str(run_dir)], capsys)
     assert code == 0 and "Resuming" in err, err
     ref, resumed = final_params(tmp_path / "reference"), final_params(run_dir)
     for k in ref:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from astroflax.data.index_shuffle import index_shuffle
-from astroflax.data.pipeline import BatchIndices, TrainStream
+from astroflax.data.pipeline import BatchIndices, IndexStream, TrainStream
+from astroflax.errors import CheckpointError, ConfigError
 
 
 def grain_batches(n: int, batch_size: int, seed: int):
@@ -76,3 +77,26 @@ def test_the_vectorised_shuffle_is_graines(max_index, seed, rounds):
 def test_the_vectorised_shuffle_refuses_odd_rounds():
     with pytest.raises(ValueError, match="rounds"):
         index_shuffle(np.arange(3), 10, 0, rounds=3)
+
+
+def test_the_index_stream_gives_the_train_streams_batches_and_state():
+    """A split held on the devices (IndexStream) and a streamed one (TrainStream) see the same
+    examples in the same order, and each resumes from the other's state."""
+    n, batch_size, seed = 1000, 96, 3
+    rows = {"i": np.arange(n)}
+    streamed, indexed = TrainStream(rows, batch_size, seed, "v1"), IndexStream(n, batch_size, seed, "v1")
+    for b in range(25):  # past two epochs
+        np.testing.assert_array_equal(next(indexed), next(streamed)["i"], err_msg=f"batch {b}")
+    assert indexed.get_state() == streamed.get_state()
+    other = IndexStream(n, batch_size, seed, "v1")
+    other.set_state(streamed.get_state())
+    again = TrainStream(rows, batch_size, seed, "v1")
+    again.set_state(indexed.get_state())
+    for b in range(5):
+        expected = next(streamed)["i"]
+        np.testing.assert_array_equal(next(other), expected, err_msg=f"batch {b} after set_state")
+        np.testing.assert_array_equal(next(again)["i"], expected, err_msg=f"batch {b} after set_state")
+    with pytest.raises(CheckpointError, match="dataset version 'v1'.*'v2'"):
+        IndexStream(n, batch_size, seed, "v2").set_state(indexed.get_state())
+    with pytest.raises(ConfigError, match="'train.batch_size' = 96: larger than the training split"):
+        IndexStream(50, batch_size, seed, "v1")

@@ -314,6 +314,11 @@ class RecordSource:
         batch = decode_batch(records, self.schema, self.where, dtype=self._dtype)
         return batch if self.keys is None else {k: batch[k] for k in self.keys}
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the fields read, over all rows (what ``read_all`` returns)."""
+        return self._len * sum(f.nbytes for f in self.schema if self.keys is None or f.name in self.keys)
+
     def read_all(self, chunk: int = 4096) -> dict[str, np.ndarray]:
         """The whole split as arrays (evaluation splits, diagnostics)."""
         keys = [f.name for f in self.schema if self.keys is None or f.name in self.keys]

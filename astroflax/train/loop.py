@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from rich.console import Console
 
 from astroflax.config import ExperimentConfig, finalize_config, load_yaml_file
-from astroflax.data.pipeline import TrainStream, first_rows
+from astroflax.data.pipeline import IndexStream, TrainStream, first_rows, num_bytes, read_all
 from astroflax.data.store import device_view, split_rows
 from astroflax.errors import CheckpointError, ConfigError, TrainingDiverged
 from astroflax.runtime import enable_compile_cache, process_age, release_free_memory
@@ -41,7 +41,8 @@ from astroflax.train.policies import EarlyStopping, SavePolicy, require_metric
 from astroflax.train.precision import all_finite_jit
 from astroflax.train.predict import predict_arrays
 from astroflax.train.progress import TrainProgress
-from astroflax.train.sharding import param_sharding, place_like, process_rows, replicate, shard_batch
+from astroflax.train.sharding import (param_sharding, place_indices, place_like, place_resident, process_rows, replicate,
+                                      shard_batch)
 from astroflax.train.signals import GracefulStop, preemption_service
 from astroflax.train.state import TrainState, count_params
 from astroflax.train.step import (
@@ -65,7 +66,8 @@ MAX_STEPS_AHEAD = 8
 # Keys that may differ between the saved config and the config of a resumed run. The parameter
 # placement is like the device count: a resume onto another one is exact to float tolerance.
 RESUMABLE_CHANGES = {"train.progress", "train.log_every", "name", "run_dir", "checkpoint.backup_dir",
-                     "checkpoint.backup_every", "study", "train.param_sharding"}
+                     "checkpoint.backup_every", "study", "train.param_sharding",
+                     "train.device_data_max_mb"}  # the same batches either way, bitwise (tests/test_store.py)
 
 
 def _finite_val(meta: dict) -> bool:
@@ -102,6 +104,7 @@ class TrainResult:
     wall_time: float
     first_step_time: float | None  # seconds from the start of ``train`` to the end of the first step
     first_step_process_age: float | None = None  # ... from the start of the process (one command per process)
+    train_data: str = "streamed"  # "on device": the split held on the devices whole (train.device_data_max_mb)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -161,8 +164,19 @@ class _Run:
         self.train_arrays = device_view(c.task, train)  # a converted dataset's split streams from disk
         self.num_train = split_rows(train)
         self.val_arrays = c.dataset.split("val")
-        self.stream = TrainStream(self.train_arrays, cfg.train.batch_size, seed=cfg.train.seed, version=c.dataset.version,
-                                  process_index=jax.process_index(), process_count=jax.process_count())
+        # A small split is held on the devices and batches gathered in the step (same batches,
+        # same numbers, same iterator state); a large one, or one split over processes, streams.
+        self.resident = None
+        if (jax.process_count() == 1
+                and num_bytes(self.train_arrays) <= cfg.train.device_data_max_mb * 1e6):
+            self.resident = place_resident(read_all(self.train_arrays), c.mesh)
+            self.stream = IndexStream(self.num_train, cfg.train.batch_size, cfg.train.seed, c.dataset.version)
+            self.next_input = lambda: place_indices(next(self.stream), c.mesh)
+        else:
+            self.stream = TrainStream(self.train_arrays, cfg.train.batch_size, seed=cfg.train.seed,
+                                      version=c.dataset.version, process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+            self.next_input = lambda: shard_batch(next(self.stream), c.mesh)
         self.ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
         self.stopper = EarlyStopping(cfg.train.early_stopping)
         self.flat: FlatStep | None = None  # set by compile(); until then the state is held whole
@@ -210,7 +224,7 @@ class _Run:
             # Pinned, so that every step keeps the state split (propagation alone may gather it).
             out_shardings = (jax.tree.map(lambda x: x.sharding, self.state), NamedSharding(c.mesh, PartitionSpec()))
         state = self.state
-        self.flat = FlatStep(step, state, out_shardings)
+        self.flat = FlatStep(step, state, out_shardings, resident=self.resident)
         self.state = state
         self.predict = jax.jit(make_predict_step(c.graphdef, c.predict_fn))
         self.score = c.task.scorer(cfg, c.info)
@@ -227,6 +241,7 @@ class _Run:
             f"Training [bold]{c.task.name}[/] ({count_params(self.state.params):,} parameters) for {c.total_steps} "
             f"steps, batch {cfg.train.batch_size} on {c.mesh.devices.size} device(s)"
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + ("" if self.resident is None else "; training split held on the device")
             + f"; run directory {self.run_dir}"
         )
 
@@ -241,7 +256,7 @@ class _Run:
 
     # ---------------------------------------------------------------- a step
     def train_step(self, t_start: float) -> None:
-        self._state, self.acc = self.flat(self._state, self.acc, shard_batch(next(self.stream), self.c.mesh))
+        self._state, self.acc = self.flat(self._state, self.acc, self.next_input())
         self.step += 1
         if self.first_step_time is None:
             jax.block_until_ready(self.acc)
@@ -369,6 +384,7 @@ class _Run:
             best_step=self.stopper.state["best_step"], best_value=self.stopper.state["best"],
             val_metrics=self.last_val, wall_time=time.perf_counter() - t_start, first_step_time=self.first_step_time,
             first_step_process_age=self.first_step_process_age,
+            train_data="streamed" if self.resident is None else "on device",
         )
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
         if self.primary:

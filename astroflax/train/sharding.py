@@ -115,6 +115,23 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
     )
 
 
+def place_resident(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """A whole training split on every device of one process (batches are gathered from it
+    inside the step: :class:`~astroflax.train.step.FlatStep`)."""
+    if _multiprocess(mesh):
+        raise ValueError("a resident training split is for one process; several stream their rows")
+    return jax.device_put({k: np.asarray(v) for k, v in arrays.items()}, NamedSharding(mesh, P()))
+
+
+def place_indices(indices: np.ndarray, mesh: Mesh) -> np.ndarray | jax.Array:
+    """A batch's example indices, split like a batch. On one device the numpy array itself:
+    jit's own transfer of an argument is as fast as ``device_put`` (photoz: 0.52 ms a step
+    either way) and saves the call."""
+    if mesh.devices.size == 1:
+        return indices
+    return jax.device_put(indices, NamedSharding(mesh, P("data")))
+
+
 def host_value(tree: Any) -> Any:
     """Device arrays as host numpy on every process (sharded ones are gathered across processes)."""
     def get(x: Any) -> Any:

@@ -166,8 +166,12 @@ class FlatStep:
     """
 
     def __init__(self, step: Callable[[TrainState, dict, Batch], tuple[TrainState, dict]], like: TrainState,
-                 out_shardings: tuple[Any, Any] | None = None):
+                 out_shardings: tuple[Any, Any] | None = None, resident: dict[str, jax.Array] | None = None):
+        """``resident``: the training split held on the devices whole; each call then takes the
+        batch's example indices (:class:`~astroflax.data.pipeline.IndexStream`) instead of a batch
+        and gathers its rows inside the step."""
         self.treedef = jax.tree.structure(like)
+        self.resident = resident
 
         def flat(leaves: list, acc: dict, batch: Batch) -> tuple[list, dict]:
             state, acc = step(jax.tree.unflatten(self.treedef, leaves), acc, batch)
@@ -178,7 +182,16 @@ class FlatStep:
         kwargs = {}
         if out_shardings is not None:
             kwargs["out_shardings"] = (jax.tree.leaves(out_shardings[0]), out_shardings[1])
-        self._jit = jax.jit(flat, donate_argnums=(0, 1), **kwargs)
+        if resident is None:
+            self._jit = jax.jit(flat, donate_argnums=(0, 1), **kwargs)
+        else:
+            def gathered(leaves: list, acc: dict, data: dict, indices: jax.Array) -> tuple[list, dict]:
+                # The values of a batch gathered on the host; the steps are bitwise the same
+                # (transients, photoz: tests/test_train_stream.py). Indices are in range by
+                # construction, so "clip" (no mask) rather than take's default "fill".
+                return flat(leaves, acc, {k: jnp.take(v, indices, axis=0, mode="clip") for k, v in data.items()})
+
+            self._jit = jax.jit(gathered, donate_argnums=(0, 1), **kwargs)
 
     def flatten(self, state: TrainState) -> list:
         leaves, treedef = jax.tree.flatten(state)
@@ -189,8 +202,11 @@ class FlatStep:
     def unflatten(self, leaves: list) -> TrainState:
         return jax.tree.unflatten(self.treedef, leaves)
 
-    def __call__(self, leaves: list, acc: dict, batch: Batch) -> tuple[list, dict]:
-        return self._jit(leaves, acc, batch)
+    def __call__(self, leaves: list, acc: dict, batch: Batch | Any) -> tuple[list, dict]:
+        """One step on ``batch``, or, with a resident split, on the rows ``batch`` indexes."""
+        if self.resident is None:
+            return self._jit(leaves, acc, batch)
+        return self._jit(leaves, acc, self.resident, batch)
 
 
 # How the on-device accumulator turns into logged values: most metrics are means over the
