@@ -84,9 +84,10 @@ def train(task: str, steps: int, data: Path | None) -> dict:
         cmd = [sys.executable, "-m", "astroflax", "train", task, "--preset", "quick", "--run-dir", run_dir,
                "--no-evaluate", "--set", f"train.steps={steps}", "--set", f"train.eval_every={steps}",
                "--set", "train.log_every=25", "--set", "train.progress=false",
-               "--set", "train.early_stopping.enabled=false"]
+               "--set", "train.early_stopping.enabled=false", "--set", "train.device_data_max_mb=0"]
         # stream=false: the baseline holds the bundled arrays in memory (by default they too are
-        # converted into the dataset cache and streamed).
+        # converted into the dataset cache and streamed). device_data_max_mb=0: both read each
+        # batch on the host (a small split would otherwise be held on the device whole).
         cmd += ["--data", str(data)] if data is not None else ["--set", "stream=false"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         anon = _poll_anon_rss(proc.pid)
