@@ -97,7 +97,21 @@ CARDS = {
 }
 
 
-def model_card(task: str, preset: str, run_dir: Path, export_dir: Path) -> str:
+def code_version() -> str:
+    """The commit that trains the model (and whether the working tree differed from it): the
+    same command on later code may give other weights (e.g. a step's arithmetic reordered)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=10", "HEAD")
+        dirty = [line for line in git("status", "--porcelain").splitlines() if "astroflax/pretrained/" not in line]
+    except (OSError, subprocess.CalledProcessError):
+        return "not recorded (not run from a git checkout)"
+    return f"commit `{commit}`" + (" with uncommitted changes" if dirty else "")
+
+
+def model_card(task: str, preset: str, run_dir: Path, export_dir: Path, code: str) -> str:
     """MODEL_CARD.md from the run's files: the figures are the run's own test-split evaluation."""
     from astroflax.evaluate.published import lookup
 
@@ -118,6 +132,7 @@ def model_card(task: str, preset: str, run_dir: Path, export_dir: Path) -> str:
         f"`python scripts/pretrain.py {task} --preset {preset}`; best checkpoint on validation: step "
         f"{manifest['source']['checkpoint_step']}"
         + (f" of {summary.get('step')}" if summary.get("step") else "") + ".",
+        f"- **Code:** astroflax at {code}; later code may give slightly different weights from the same command.",
         f"- **Model:** {manifest['params']['count']:,} parameters and statistics; this directory is "
         f"{size / 1e6:.2f} MB (an `astroflax export`: StableHLO function, params.npz, manifest.json with sha256).",
         f"- **Data:** {card['data']}.",
@@ -147,12 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     astroflax = [sys.executable, "-m", "astroflax"]
     for task in args.tasks:
+        code = code_version()  # before training: the code that trains it
         run_dir = args.runs / f"pretrain-{task}-{args.preset}"
         subprocess.run([*astroflax, "train", task, "--preset", args.preset, "--run-dir", str(run_dir),
                         "--set", "train.progress=false"], check=True)
         export_dir = OUT / task
         subprocess.run([*astroflax, "export", str(run_dir), "--out", str(export_dir)], check=True)
-        (export_dir / "MODEL_CARD.md").write_text(model_card(task, args.preset, run_dir, export_dir))
+        (export_dir / "MODEL_CARD.md").write_text(model_card(task, args.preset, run_dir, export_dir, code))
         print(f"{task}: wrote {export_dir}")
 
 
