@@ -67,7 +67,7 @@ def step_times(task: str, steps: int) -> tuple[float, float, float]:
 
     bare = timed(lambda i: batches[i % len(batches)])
     with_data = timed(lambda i: shard_batch(next(stream), c.mesh))
-    del flat  # its donated state is in `leaves`, which the resident step takes over
+    # The same state (`leaves`) carries on, now through the resident step.
     flat = FlatStep(step, c.state, None, resident=place_resident(read_all(arrays), c.mesh))
     indices = IndexStream(num_rows(arrays), cfg.train.batch_size, cfg.train.seed, c.dataset.version)
     for _ in range(3):  # compile, warm up

@@ -24,8 +24,9 @@ def test_each_shipped_model_is_a_verified_export_with_a_model_card():
         manifest = json.loads((d / "manifest.json").read_text())
         assert manifest["task"] == task and manifest["config"]["task"] == task
         card = (d / MODEL_CARD).read_text()
-        for part in ("Trained with:", "scripts/pretrain.py", "Code:** astroflax at commit", "Licence of the training data:", "Known limits",
-                     "Test-split figures", f"astroflax predict {task} --pretrained"):
+        for part in ("Trained with:", "scripts/pretrain.py", "Code:** astroflax at commit",
+                     "Licence of the training data:", "Known limits", "Test-split figures",
+                     f"astroflax predict {task} --pretrained"):
             assert part in card, (task, part)
         assert "| `" in card  # at least one measured figure
         size = sum(f.stat().st_size for f in d.iterdir())
