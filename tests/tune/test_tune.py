@@ -272,14 +272,16 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat_and_its_trial_retr
     study_dir = tmp_path / "study"
     argv = tune_argv(study_dir, space, "--trials", "2", "--workers", "2", "--pruner", "none", "--sampler", "random",
                      "--heartbeat", "1", "--no-evaluate", "--no-baseline",
-                     overrides=["train.steps=600", "train.eval_every=100", "train.log_every=100"])
+                     # long enough that a trial is still running after its first checkpoint (a
+                     # photoz step is 0.5 ms with the training split on the device)
+                     overrides=["train.steps=3000", "train.eval_every=100", "train.log_every=100"])
     proc = subprocess.Popen([sys.executable, "-m", "astroflax", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     victim = None
     try:
         deadline = time.monotonic() + 240
         while victim is None and time.monotonic() < deadline:  # a running trial with a checkpoint on disk
-            time.sleep(0.5)
+            time.sleep(0.05)
             if not (study_dir / "study.json").exists():
                 continue
             for t in open_study(study_dir).get_trials(states=(optuna.trial.TrialState.RUNNING,)):
@@ -310,15 +312,17 @@ def test_a_worker_killed_mid_trial_is_failed_by_the_heartbeat_and_its_trial_retr
 def test_a_stopped_study_resumes_and_continues_the_interrupted_trial(tmp_path):
     space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}})
     study_dir = tmp_path / "study"
+    # 2,000 steps, so that trial 0 is still running when its first checkpoint appears (with the
+    # training split on the device a photoz step is 0.5 ms: 400 steps ended between two polls).
     argv = tune_argv(study_dir, space, "--trials", "2", "--pruner", "none", "--no-evaluate", "--no-baseline",
-                     overrides=["train.steps=400", "train.eval_every=100", "train.log_every=100"])
+                     overrides=["train.steps=2000", "train.eval_every=100", "train.log_every=100"])
     proc = subprocess.Popen([sys.executable, "-m", "astroflax", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         first = study_dir / "trials" / "0000" / "checkpoints"
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not (first.is_dir() and any(p.name.isdigit() for p in first.iterdir())):
-            time.sleep(0.3)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -338,7 +342,7 @@ def test_a_stopped_study_resumes_and_continues_the_interrupted_trial(tmp_path):
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
     assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == stopped.params
     log = (study_dir / retry.user_attrs["run_dir"] / "train.log").read_text()
-    assert f"from checkpoint step {saved} of 400" in log
+    assert f"from checkpoint step {saved} of 2000" in log
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2
 
 
