@@ -104,4 +104,10 @@ def main() -> None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     from astroflax.cli import main as cli_main
 
-    cli_main()
+    try:
+        cli_main()
+    finally:
+        # The command is over, however it ended (its exit code is set): a Ctrl-C now lands in
+        # the interpreter's shutdown (JAX's atexit clean-up) and printed a KeyboardInterrupt
+        # traceback from inside an atexit callback. There is nothing left to stop or save.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
