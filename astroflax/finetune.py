@@ -104,23 +104,28 @@ def finetune(
         default_dir = Path("runs") / f"pretrained-ft-{task}"
     source = Path(source)
     if (source / "manifest.json").is_file():  # an export: its verified params.npz
-        source_params, src_task, src_step = export_params(source)
+        source_params, src_task, src_step, src_config = export_params(source)
     else:
         src = load_run(source, checkpoint)
         # Batch-norm statistics travel with the weights they normalise (paths do not collide with params).
         source_params = {p: np.asarray(x) for p, x in {**_flat(src.state.params), **_flat(src.state.model_state)}.items()}
-        src_task, src_step = src.cfg.task, src.step
+        src_task, src_step, src_config = src.cfg.task, src.step, src.cfg.model_dump(mode="json")
+    # Same task: the new run builds the source's model (its architecture), so that every parameter
+    # fits; without this a shipped full-preset model fine-tuned under the quick preset's smaller
+    # default widths restored almost nothing. --set model.KEY=... still changes any of it.
+    source_model = {"model": src_config["model"]} if src_task == task and "model" in src_config else None
     run_dir = Path(run_dir) if run_dir else (default_dir or source.with_name(f"{source.name}-ft-{task}"))
     extra: dict[str, Any] = {"run_dir": str(run_dir)}
     if data:
         extra["data"] = {"path": data}
-    base = build_config(task, preset, None, overrides or [], extra=extra)
+    base = build_config(task, preset, None, overrides or [], extra=extra, file_values=source_model)
     optim_extra: dict[str, Any] = {}
     if freeze:
         optim_extra["freeze"] = [*base.optim.freeze, *freeze]
     if head_only:
         optim_extra["train_only"] = [head]
-    cfg = build_config(task, preset, None, overrides or [], extra={**extra, "optim": optim_extra}) if optim_extra else base
+    cfg = (build_config(task, preset, None, overrides or [], extra={**extra, "optim": optim_extra},
+                        file_values=source_model) if optim_extra else base)
 
     found: dict[str, MatchReport] = {}
 
@@ -143,9 +148,9 @@ def finetune(
     return result, found.get("report")
 
 
-def export_params(directory: Path) -> tuple[dict[str, np.ndarray], str, int]:
+def export_params(directory: Path) -> tuple[dict[str, np.ndarray], str, int, dict[str, Any]]:
     """Parameters and batch-norm statistics of an export (checksums, shapes and finiteness verified
-    by the loader), keyed like :func:`astroflax.train.optim.flat_params`; its task and step."""
+    by the loader), keyed like :func:`astroflax.train.optim.flat_params`; its task, step and config."""
     from astroflax.export.loader import ExportFormatError, load_export
 
     try:
@@ -159,7 +164,8 @@ def export_params(directory: Path) -> tuple[dict[str, np.ndarray], str, int]:
         if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
             raise CheckpointError(f"{directory}: parameter {key!r} has non-finite values; not fine-tuning from it")
         out[path.replace("/", ".")] = arr
-    return out, str(model.manifest["task"]), int(model.manifest["source"]["checkpoint_step"])
+    return (out, str(model.manifest["task"]), int(model.manifest["source"]["checkpoint_step"]),
+            dict(model.manifest.get("config") or {}))
 
 
 def _flat(tree: Any) -> dict[str, Any]:

@@ -134,6 +134,25 @@ def test_finetune_from_pretrained_restores_every_parameter(tmp_path, capsys):
     assert src["restored_values"] == manifest["params"]["count"]
 
 
+def test_finetune_from_pretrained_builds_the_shipped_architecture(tmp_path, capsys):
+    """The vae's full-preset model is wider than the default one: fine-tuning it (under the default
+    preset) builds the shipped model's architecture, so every parameter is restored; a model key
+    given with --set still changes it."""
+    common = ["--no-evaluate", "--set", "train.steps=2", "--set", "train.eval_every=2",
+              "--set", "train.progress=false", "--set", "checkpoint.every=2"]
+    manifest = json.loads((PRETRAINED_DIR / "vae" / "manifest.json").read_text())
+    code, _, err = run_main(["finetune", "pretrained", "--task", "vae", "--run-dir", str(tmp_path / "ft"), *common],
+                            capsys)
+    assert code == 0, err
+    src = json.loads((tmp_path / "ft" / "finetune_source.json").read_text())
+    assert not src["new"] and not src["dropped"] and src["restored_values"] == manifest["params"]["count"]
+    code, _, err = run_main(["finetune", "pretrained", "--task", "vae", "--run-dir", str(tmp_path / "ft16"), *common,
+                             "--set", "model.latent_dim=16"], capsys)
+    assert code == 0, err
+    src = json.loads((tmp_path / "ft16" / "finetune_source.json").read_text())
+    assert any(p.startswith("enc_mean.kernel") for p in src["new"]) and src["restored"]
+
+
 def test_finetune_refuses_a_damaged_pretrained_export(tmp_path, capsys):
     bad = tmp_path / "spectra-export"
     shutil.copytree(PRETRAINED_DIR / "spectra", bad)
