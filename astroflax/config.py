@@ -54,6 +54,8 @@ class EmaConfig(_Strict):
 
     decay: float | None = Field(None, ge=0, lt=1, description="ema <- decay*ema + (1-decay)*params; null disables")
     every: int = Field(1, ge=1, description="update the average every N optimiser updates")
+    bn_batches: int = Field(50, ge=1, description="training batches used to recompute batch-norm statistics "
+                            "for the EMA weights (--weights ema)")
 
 
 class SwaConfig(_Strict):

@@ -247,6 +247,28 @@ def test_cnn_batchnorm_train_vs_eval():
         model(x, train=True)
 
 
+def test_ema_weights_get_their_own_batch_norm_statistics(tmp_path):
+    """``--weights ema`` on a batch-norm model recomputes the running statistics for the averaged
+    weights (as SWA does): the raw weights' statistics belong to the raw weights."""
+    from astroflax.config import build_config
+    from astroflax.runs import load_run
+    from astroflax.train.averaging import has_batch_stats
+    from astroflax.train.loop import train
+    from astroflax.train.optim import flat_params
+
+    run_dir = tmp_path / "ema"
+    train(build_config("spectra", "quick", overrides=[*TINY, "data.stress_per_snr=0", "optim.ema.decay=0.5",
+                                                      "optim.ema.bn_batches=2", f"run_dir={run_dir}"]))
+    raw, ema = load_run(run_dir, "latest"), load_run(run_dir, "latest", weights="ema")
+    assert has_batch_stats(raw.state.model_state)
+    r, e = flat_params(jax.device_get(raw.state.model_state)), flat_params(jax.device_get(ema.state.model_state))
+    stats = [k for k in r if k.endswith((".mean", ".var"))]
+    assert stats and all(np.isfinite(e[k]).all() for k in stats)
+    assert all(not np.allclose(r[k], e[k]) for k in stats)
+    probs = ema.predict(ema.task.load_data(ema.cfg).split("val"))
+    assert np.allclose(probs[:, :7].sum(-1), 1.0, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- user spectra
 
 

@@ -134,20 +134,22 @@ def recompute_batch_stats(
 
 
 def select_weights(state: Any, weights: str, c: Any) -> Any:
-    """``state`` with its params replaced by the ``weights`` average; for SWA of a model with
-    batch norm, the statistics are recomputed on ``optim.swa.bn_batches`` training batches.
+    """``state`` with its params replaced by the ``weights`` average; for a model with batch norm,
+    the statistics are recomputed on ``optim.ema.bn_batches`` / ``optim.swa.bn_batches`` training
+    batches. The raw model's running statistics belong to the raw weights: with the EMA weights
+    they gave the spectra full preset 0.47 accuracy at its best step (docs/spectra_robustness.md).
     ``c`` is the run's :class:`~astroflax.train.components.Components`."""
     from astroflax.data.pipeline import eval_batches
     from astroflax.train.sharding import shard_batch
 
     params = averaged_params(state.opt_state, weights)
     model_state = state.model_state
-    if weights == "swa" and has_batch_stats(model_state):
+    if has_batch_stats(model_state):
         cfg, task = c.cfg, c.task
         train = task.device_arrays(load_dataset(cfg).split("train"))
         n = len(next(iter(train.values())))
         bs = cfg.train.batch_size
-        count = min(cfg.optim.swa.bn_batches, max(n // bs, 1))
+        count = min(getattr(cfg.optim, weights).bn_batches, max(n // bs, 1))
         rows = {k: v[: count * bs] for k, v in train.items()}
         batches = (shard_batch({k: v for k, v in b.items() if k != "_weight"}, c.mesh) for b in eval_batches(rows, bs))
         model_state = recompute_batch_stats(
