@@ -98,6 +98,26 @@ def load_run(run_dir: str | Path, which: str | int = "best", weights: str = "raw
     return LoadedRun(run_dir, cfg, c.task, c.info, step, state, c.graphdef, c.mesh, c.predict_fn)
 
 
+def model_from_export(directory: str | Path) -> tuple[nnx.Module, Task, dict[str, Any], int]:
+    """The NNX model of an export (e.g. a shipped pretrained model), for what needs the model's
+    own methods rather than its exported prediction function (``astroflax sample``): the task's
+    model built from the export's config and data facts, every array taken from its verified
+    ``params.npz``. Returns (model, task, info, checkpoint step)."""
+    from astroflax.finetune import export_params, match_params
+
+    directory = Path(directory)
+    arrays, _, step, config = export_params(directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    info = dict(manifest["preprocessing"]["info"])
+    c = build_components(finalize_config(config), info=info)
+    params, got = match_params(arrays, c.state.params)
+    model_state, got_state = match_params(arrays, c.state.model_state)
+    missing = [*got.new, *got_state.new]
+    if missing:
+        raise CheckpointError(f"{directory}: the export does not fit the model of its own config ({missing[0]})")
+    return nnx.merge(c.graphdef, params, model_state), c.task, info, step
+
+
 def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
     """One CSV row per object, written atomically: never a half-written predictions file, no
     ``<name>.tmp`` left behind when writing fails, and never a NaN/inf prediction (an error

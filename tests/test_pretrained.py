@@ -113,6 +113,30 @@ def test_predict_pretrained_vae_scores_digits_given_their_class(tmp_path, capsys
     assert np.mean(scores["wrong"] > scores["right"] + 10) > 0.9
 
 
+def test_sample_pretrained_vae_draws_the_asked_digits(tmp_path, capsys):
+    """The shipped vae generates digits of the asked class: the shipped digits classifier (through
+    the standalone export loader) reads 10 samples of each class as that class; the CLI writes the grid."""
+    from matplotlib.image import imread
+
+    from astroflax.export.loader import load_export
+    from astroflax.runs import model_from_export
+    from astroflax.tasks.vae import sample_digits
+
+    model, task, info, step = model_from_export(PRETRAINED_DIR / "vae")
+    assert task.name == "vae" and step == json.loads((PRETRAINED_DIR / "vae" / "manifest.json").read_text())[
+        "source"]["checkpoint_step"]
+    labels = np.repeat(np.arange(10), 10)
+    images = sample_digits(model, labels, seed=3)
+    judge = load_export(PRETRAINED_DIR / "digits")
+    probs = np.asarray(judge.predict({"image": images.astype(np.float32)}))
+    assert np.mean(probs[:, :10].argmax(-1) == labels) >= 0.9
+    out = tmp_path / "sevens.png"
+    code, _, err = run_main(["sample", "vae", "--pretrained", "--class", "7", "--n", "4", "--out", str(out),
+                             "--scale", "1"], capsys)
+    assert code == 0 and "checkpoint step" in err, err
+    assert imread(out).shape[:2] == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
+
+
 def test_predict_pretrained_unknown_task_is_one_line(tmp_path, capsys):
     code, _, err = run_main(["predict", "quasars", "--pretrained", "--input", str(tmp_path),
                              "--output", str(tmp_path / "p.csv")], capsys)

@@ -424,7 +424,7 @@ def sample_grid_rows(model, num_classes: int, digit_class: int | None, n: int, s
 
 
 def sample(
-    run_dir: run_dir_argument("run directory of a trained `vae` run"),
+    run_dir: run_dir_argument("run directory of a trained `vae` run, or its export"),
     digit_class: Annotated[Optional[int], typer.Option(
         "--class", help="class to generate; omit for one row per class")] = None,
     n: Annotated[int, typer.Option("--n", help="samples (with --class) or samples per class row (without)")] = 8,
@@ -432,6 +432,8 @@ def sample(
     seed: Annotated[int, typer.Option("--seed", help="seed of the latent draws")] = 0,
     checkpoint: Checkpoint = "best",
     scale: Annotated[int, typer.Option("--scale", help="pixels per image pixel (tile = 28*scale)")] = 2,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="RUN_DIR is a task name: sample the model shipped with astroflax")] = False,
 ) -> None:
     """Write a PNG grid of generated samples (tile 28*scale px, 2 px gaps) from RUN_DIR."""
     if n < 1:
@@ -446,17 +448,25 @@ def sample(
 
     from flax import nnx
 
-    from astroflax.runs import load_run
     from astroflax.data.digits import write_digit_grid
+    from astroflax.runs import load_run, model_from_export
 
-    run = load_run(run_dir, checkpoint)
-    model = nnx.merge(run.graphdef, run.state.params, run.state.model_state)
-    if run.task.kind != "generative" or not hasattr(model, "generate") or "num_classes" not in run.info:
-        raise ConfigError(f"{run_dir}: task {run.task.name!r} is not a class-conditional generator; train `vae`")
-    k = int(run.info["num_classes"])
+    if pretrained:
+        from astroflax.pretrained import pretrained_path
+
+        run_dir = pretrained_path(str(run_dir))
+    if (run_dir / "manifest.json").is_file():  # an export (a shipped model): no checkpoint to choose
+        model, task, info, step = model_from_export(run_dir)
+    else:
+        run = load_run(run_dir, checkpoint)
+        model = nnx.merge(run.graphdef, run.state.params, run.state.model_state)
+        task, info, step = run.task, run.info, run.step
+    if task.kind != "generative" or not hasattr(model, "generate") or "num_classes" not in info:
+        raise ConfigError(f"{run_dir}: task {task.name!r} is not a class-conditional generator; train `vae`")
+    k = int(info["num_classes"])
     if digit_class is not None and digit_class >= k:
         raise ConfigError(f"--class {digit_class}: out of range; this run has classes 0-{k - 1}")
     rows = sample_grid_rows(model, k, digit_class, n, seed)
     path = write_digit_grid(rows, out, scale=scale)
     what = f"{n} samples of class {digit_class}" if digit_class is not None else f"{n} samples per class x {k}"
-    err.print(f"Wrote {what} to {path} (checkpoint step {run.step})", highlight=False)
+    err.print(f"Wrote {what} to {path} (checkpoint step {step})", highlight=False)
