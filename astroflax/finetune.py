@@ -104,7 +104,9 @@ def finetune(
         default_dir = Path("runs") / f"pretrained-ft-{task}"
     source = Path(source)
     if (source / "manifest.json").is_file():  # an export: its verified params.npz
-        source_params, src_task, src_step, src_config = export_params(source)
+        source_params, manifest = export_params(source)
+        src_task, src_step = str(manifest["task"]), int(manifest["source"]["checkpoint_step"])
+        src_config = dict(manifest.get("config") or {})
     else:
         src = load_run(source, checkpoint)
         # Batch-norm statistics travel with the weights they normalise (paths do not collide with params).
@@ -148,9 +150,9 @@ def finetune(
     return result, found.get("report")
 
 
-def export_params(directory: Path) -> tuple[dict[str, np.ndarray], str, int, dict[str, Any]]:
+def export_params(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Parameters and batch-norm statistics of an export (checksums, shapes and finiteness verified
-    by the loader), keyed like :func:`astroflax.train.optim.flat_params`; its task, step and config."""
+    by the loader), keyed like :func:`astroflax.train.optim.flat_params`, and its manifest."""
     from astroflax.export.loader import ExportFormatError, load_export
 
     try:
@@ -164,8 +166,7 @@ def export_params(directory: Path) -> tuple[dict[str, np.ndarray], str, int, dic
         if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
             raise CheckpointError(f"{directory}: parameter {key!r} has non-finite values; not fine-tuning from it")
         out[path.replace("/", ".")] = arr
-    return (out, str(model.manifest["task"]), int(model.manifest["source"]["checkpoint_step"]),
-            dict(model.manifest.get("config") or {}))
+    return out, model.manifest
 
 
 def _flat(tree: Any) -> dict[str, Any]:

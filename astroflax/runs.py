@@ -106,16 +106,15 @@ def model_from_export(directory: str | Path) -> tuple[nnx.Module, Task, dict[str
     from astroflax.finetune import export_params, match_params
 
     directory = Path(directory)
-    arrays, _, step, config = export_params(directory)
-    manifest = json.loads((directory / "manifest.json").read_text())
+    arrays, manifest = export_params(directory)
     info = dict(manifest["preprocessing"]["info"])
-    c = build_components(finalize_config(config), info=info)
+    c = build_components(finalize_config(manifest["config"]), info=info)
     params, got = match_params(arrays, c.state.params)
     model_state, got_state = match_params(arrays, c.state.model_state)
     missing = [*got.new, *got_state.new]
     if missing:
         raise CheckpointError(f"{directory}: the export does not fit the model of its own config ({missing[0]})")
-    return nnx.merge(c.graphdef, params, model_state), c.task, info, step
+    return nnx.merge(c.graphdef, params, model_state), c.task, info, int(manifest["source"]["checkpoint_step"])
 
 
 def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:

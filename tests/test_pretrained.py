@@ -135,6 +135,8 @@ def test_sample_pretrained_vae_draws_the_asked_digits(tmp_path, capsys):
                              "--scale", "1"], capsys)
     assert code == 0 and "checkpoint step" in err, err
     assert imread(out).shape[:2] == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
+    code, _, err = run_main(["sample", "vae", "--pretrained", "--checkpoint", "latest", "--out", str(out)], capsys)
+    assert code == 2 and "export" in err and len(err.strip().splitlines()) == 1
 
 
 def test_predict_pretrained_unknown_task_is_one_line(tmp_path, capsys):

@@ -456,6 +456,8 @@ def sample(
 
         run_dir = pretrained_path(str(run_dir))
     if (run_dir / "manifest.json").is_file():  # an export (a shipped model): no checkpoint to choose
+        if checkpoint != "best":
+            raise ConfigError(f"--checkpoint {checkpoint}: {run_dir} is an export, which holds one checkpoint")
         model, task, info, step = model_from_export(run_dir)
     else:
         run = load_run(run_dir, checkpoint)
